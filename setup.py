@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="wgan_dist",
+    version="0.1.0",
+    description="WGAN-GP image generators from a folder of images to a multi-node run",
+    packages=find_packages(include=["wgan_dist", "wgan_dist.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "torchvision",
+        "accelerate>=1.0",
+        "webdataset>=0.2.90",
+        "tensorboard",
+        "numpy",
+        "pillow",
+        "pyyaml",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest", "scipy"],
+        "deepspeed": ["deepspeed"],
+    },
+    include_package_data=True,
+)

@@ -1,0 +1,111 @@
+"""Whole-state checkpoints: one file, written atomically, read with weights_only=True.
+
+A checkpoint holds everything a run needs to continue exactly: generator, critic, generator
+EMA, both optimizers, the AMP scaler, the step and images-seen counters, the RNG state, the
+resolved config and the class names. It is a dict of tensors and plain Python values, so
+``torch.load(path, weights_only=True)`` reads it: no pickled code runs on load.
+
+Why not ``accelerator.save_state``: it writes a folder non-atomically and pickles RNG states
+that need ``weights_only=False`` to read back. Our training draws are counter-based (see
+``dist.seed_for``), so exact resumption needs only the step counter; we still store the torch
+RNG state for anything outside those streams.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "wgan_dist-checkpoint/1"
+NAME = re.compile(r"^step-(\d{8})\.pt$")
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary files are never listed)."""
+    d = checkpoint_dir(run_dir)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def atomic_save(obj: dict[str, Any], path: Path) -> None:
+    """Write to a temporary name, fsync, then rename: a crash never leaves a half file under
+    the final name, and never replaces the last good checkpoint with a broken one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    # Make the rename itself durable.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(state: dict[str, Any], run_dir: Path, step: int, keep: int) -> Path:
+    """Save ``state`` as checkpoints/step-XXXXXXXX.pt and keep the newest ``keep`` files."""
+    path = checkpoint_dir(run_dir) / f"step-{step:08d}.pt"
+    atomic_save({"format": FORMAT, **state}, path)
+    if keep > 0:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint file safely (weights_only=True); clear errors for wrong files."""
+    path = Path(path)
+    if path.is_dir():  # a run dir or its checkpoints/ dir: take the newest
+        run = path.parent if path.name == "checkpoints" else path
+        found = latest_checkpoint(run)
+        if found is None:
+            raise FileNotFoundError(f"{path}: no checkpoints (looked in {checkpoint_dir(run)})")
+        path = found
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt/truncated files
+        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a wgan_dist checkpoint (format {state.get('format')!r})"
+                         if isinstance(state, dict) else f"{path}: not a wgan_dist checkpoint")
+    state["path"] = str(path)
+    return state
+
+
+def load_module_state(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str,
+                      path: str) -> None:
+    """load_state_dict with an error that says which shapes do not fit the config."""
+    own = module.state_dict()
+    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+           for k, v in state.items() if k in own and own[k].shape != v.shape]
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if bad or missing or unexpected:
+        detail = "; ".join(bad[:3] + [f"missing {m}" for m in missing[:3]]
+                           + [f"unexpected {u}" for u in unexpected[:3]])
+        raise ValueError(f"{path}: the {what} in this checkpoint does not fit the configured "
+                         f"model ({detail}). Use the config the checkpoint was trained with.")
+    module.load_state_dict(state)

@@ -1,0 +1,252 @@
+"""One typed config tree: dataclasses with a documented field each.
+
+Presets are small YAML files in ``configs/`` (read with ``yaml.safe_load``); the command line
+overrides any field with a dotted ``section.field=value``. The resolved tree is written into the
+run directory as ``config.yaml`` so a run can always be reproduced.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+
+
+@dataclass
+class DataConfig:
+    shards: str = "builtin"
+    """Shard set: a directory with manifest.json, a brace pattern or `pipe:` URL, an image folder
+    (sharded into `cache_dir` on first use), or `builtin` for the built-in sketch dataset."""
+    resolution: int = 28
+    """Image side in pixels; must match the shards (28, 32, 64, 128 or 256)."""
+    channels: int = 1
+    """1 (grayscale) or 3 (RGB); must match the shards."""
+    workers: int = 1
+    """DataLoader worker processes per training process (0 = read in the training process)."""
+    shuffle_buffer: int = 2000
+    """Samples held in the shuffle buffer of each worker."""
+    hflip: bool = False
+    """Random horizontal flips of real images (off for drawings and text-like data)."""
+    cache_dir: str = "shards"
+    """Where image folders given with -d and the built-in dataset are sharded and cached."""
+    builtin_per_class: int = 2000
+    """Drawings per category when the built-in dataset is generated."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "dcgan"
+    """Architecture family of generator and critic."""
+    latent_dim: int = 100
+    """Size of the latent vector z (the seed projects use 100)."""
+    g_width: int = 64
+    """Generator channels at the last upsampling stage; doubles per stage towards 4x4."""
+    d_width: int = 64
+    """Critic channels at the first stage; doubles per stage towards 4x4."""
+    max_channels: int = 512
+    """Cap on channels per layer, for both networks."""
+    d_norm: str = "layer"
+    """Critic normalisation: layer, instance, group or none (never BatchNorm)."""
+    sync_bn: bool = False
+    """Use SyncBatchNorm in the generator under DDP (batch statistics over all ranks)."""
+
+
+@dataclass
+class LossConfig:
+    kind: str = "wgan-gp"
+    """wgan-gp (Gulrajani et al.) or ns (the non-saturating DCGAN loss, the seeds' baseline)."""
+    gp_weight: float = 10.0
+    """lambda of the gradient penalty (0 disables it)."""
+    drift_weight: float = 0.0
+    """epsilon_drift * E[D(real)^2] (Karras et al. use 1e-3); 0 disables it."""
+
+
+@dataclass
+class OptimConfig:
+    lr_g: float = 1e-4
+    """Adam learning rate of the generator."""
+    lr_d: float = 1e-4
+    """Adam learning rate of the critic."""
+    beta1: float = 0.0
+    """Adam beta1 (WGAN-GP paper: 0)."""
+    beta2: float = 0.9
+    """Adam beta2 (WGAN-GP paper: 0.9)."""
+    n_critic: int = 5
+    """Critic steps per generator step."""
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64
+    """Global batch: per-process batch x processes. Constant when the process count changes."""
+    steps: int = 600
+    """Generator steps (each preceded by n_critic critic steps)."""
+    seed: int = 0
+    """Root seed; every rank and purpose derives its own stream from it."""
+    mixed_precision: str = "no"
+    """no, bf16 or fp16 (fp16 uses a GradScaler and the scaled-output penalty recipe)."""
+    ema_kimg: float = 10.0
+    """Half-life of the generator EMA in thousands of generator images."""
+    ema_rampup: float = 0.05
+    """EMA half-life is at most this fraction of images seen so far (None-like 0 disables)."""
+
+
+@dataclass
+class LogConfig:
+    run_dir: str = ""
+    """Run directory; empty means runs/<config name>."""
+    tick_every: int = 25
+    """Generator steps per tick: status line, TensorBoard scalars."""
+    sample_every: int = 100
+    """Generator steps between sample grids (PNG + TensorBoard)."""
+    ckpt_every: int = 200
+    """Generator steps between checkpoints (one is always written at the end)."""
+    keep_checkpoints: int = 3
+    """Checkpoints kept in rotation (oldest removed first)."""
+    grid_size: int = 64
+    """Images in a sample grid (fixed noise, EMA generator)."""
+
+
+@dataclass
+class Config:
+    name: str = "default"
+    """Name of the preset; the default run directory is runs/<name>."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.log.run_dir or f"runs/{self.name}")
+
+
+class ConfigError(ValueError):
+    """An impossible or unknown setting; the message says which and what is allowed."""
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Convert a YAML or command-line value to the field's declared type."""
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if typ in (int, float):
+        try:
+            if typ is int and isinstance(value, str):
+                return int(float(value)) if "e" in value.lower() else int(value)
+            return typ(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}") from None
+    if typ is str:
+        return "" if value is None else str(value)
+    return value
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown setting {dotted!r}; known: {', '.join(sorted(names))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted} is a section; give its fields, e.g. {dotted}.<field>=...")
+            _apply(current, value, dotted + ".")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], dotted))
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    """A preset by path, or by name from configs/ (`celeba128` -> configs/celeba128.yaml)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    candidate = CONFIG_DIR / f"{name_or_path.removesuffix('.yaml')}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(f"config {name_or_path!r} not found; presets: {', '.join(known)}")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """['train.batch_size=64', ...] -> nested dict; values parsed as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.field=value")
+        key, raw = item.split("=", 1)
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return nested
+
+
+def load_config(preset: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the preset's YAML, then dotted overrides; validated."""
+    cfg = Config()
+    if preset:
+        path = resolve_preset(preset)
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+        values.setdefault("name", path.stem)
+        _apply(cfg, values)
+    if overrides:
+        _apply(cfg, parse_overrides(overrides))
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a Config from to_dict() output (e.g. one stored in a checkpoint)."""
+    cfg = Config()
+    _apply(cfg, values)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    from .models import SUPPORTED_RESOLUTIONS
+
+    if cfg.data.resolution not in SUPPORTED_RESOLUTIONS:
+        raise ConfigError(
+            f"data.resolution={cfg.data.resolution} has no {cfg.model.arch} architecture; "
+            f"choose one of {SUPPORTED_RESOLUTIONS}"
+        )
+    if cfg.data.channels not in (1, 3):
+        raise ConfigError(f"data.channels={cfg.data.channels}: must be 1 or 3")
+    if cfg.loss.kind not in ("wgan-gp", "ns"):
+        raise ConfigError(f"loss.kind={cfg.loss.kind!r}: choose wgan-gp or ns")
+    if cfg.train.mixed_precision not in ("no", "bf16", "fp16"):
+        raise ConfigError(f"train.mixed_precision={cfg.train.mixed_precision!r}: choose no, bf16 or fp16")
+    for key in ("batch_size", "steps"):
+        if getattr(cfg.train, key) < 1:
+            raise ConfigError(f"train.{key} must be >= 1")
+    if cfg.optim.n_critic < 1:
+        raise ConfigError("optim.n_critic must be >= 1")
+    if cfg.model.d_norm == "batch":
+        raise ConfigError("model.d_norm=batch: the critic must not use BatchNorm with a gradient "
+                          "penalty; choose layer, instance, group or none")
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

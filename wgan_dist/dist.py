@@ -1,0 +1,99 @@
+"""Rank policy, in one place.
+
+Everything that depends on *which* process we are lives here: building the Accelerator (and
+refusing the silent single-process trap), seeds per rank and purpose, main-process-only
+writes, the TensorBoard writer that is a no-op off rank 0, and decisions that every rank must
+take together (stop, skip a non-finite step).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
+
+
+def launched_world_size() -> int:
+    """The world size the launcher (torchrun, accelerate launch, srun) promised, or 1."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def make_accelerator(mixed_precision: str = "no") -> Accelerator:
+    """An Accelerator that really is the process group the launcher started.
+
+    On a machine without CUDA a plain ``Accelerator()`` under torchrun reports one process in
+    every rank: N silent, independent jobs (FIELD-NOTES). ``cpu=True`` gives a real gloo group.
+    We check the result against WORLD_SIZE, so the trap cannot come back unnoticed.
+    """
+    cpu = not torch.cuda.is_available()
+    # broadcast_buffers=False: BatchNorm statistics of the generator stay per rank (as in a
+    # DCGAN on one GPU with the local batch); SyncBatchNorm is the option for shared statistics.
+    ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
+    acc = Accelerator(cpu=cpu, mixed_precision=mixed_precision, kwargs_handlers=[ddp])
+    expected = launched_world_size()
+    if acc.num_processes != expected:
+        raise RuntimeError(
+            f"the launcher started {expected} processes but Accelerate formed a group of "
+            f"{acc.num_processes}: refusing to run {expected} independent single-process jobs"
+        )
+    return acc
+
+
+def seed_for(root: int, *parts: Any) -> int:
+    """A 63-bit seed for (root, purpose, rank, step, ...): independent streams per purpose.
+
+    Counter-based: a draw is a function of its coordinates, not of a running RNG state, so a
+    resumed run draws exactly what the uninterrupted run would have drawn at the same step.
+    """
+    text = "/".join(str(p) for p in (root, *parts))
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
+
+
+def generator_for(device: torch.device, root: int, *parts: Any) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed_for(root, *parts))
+    return g
+
+
+def all_ranks_agree(acc: Accelerator, flag: bool, op: str = "any") -> bool:
+    """Reduce a boolean over ranks so every rank takes the same decision ("any" or "all")."""
+    if acc.num_processes == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=acc.device)
+    t = acc.reduce(t, reduction="sum")
+    return bool(t.item() > 0) if op == "any" else bool(t.item() == acc.num_processes)
+
+
+def reduce_mean(acc: Accelerator, stats: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Average a dict of scalar tensors over ranks, then read them once (a host sync)."""
+    if not stats:
+        return {}
+    keys = sorted(stats)
+    packed = torch.stack([stats[k].detach().float().reshape(()) for k in keys]).to(acc.device)
+    if acc.num_processes > 1:
+        packed = acc.reduce(packed, reduction="mean")
+    return dict(zip(keys, packed.tolist()))
+
+
+class NullWriter:
+    """Stands in for SummaryWriter off the main process: call sites need no rank checks."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
+def make_writer(acc: Accelerator, log_dir: Path):
+    if not acc.is_main_process:
+        return NullWriter()
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def main_print(acc: Accelerator, *args: Any) -> None:
+    if acc.is_main_process:
+        print(*args, flush=True)

@@ -1,0 +1,72 @@
+"""Entry point: parse, build, train, close.
+
+    accelerate launch -m wgan_dist.train                      # built-in dataset, defaults
+    accelerate launch -m wgan_dist.train --config celeba128 train.steps=20000
+    python -m wgan_dist.train -d images/ -s 128 -l 100 -b 128  # the seed trainer's flags
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import ConfigError, dump_yaml, load_config
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m wgan_dist.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", "-c", default=None,
+                   help="preset name from configs/ (e.g. celeba128) or a YAML path")
+    p.add_argument("overrides", nargs="*", metavar="section.field=value",
+                   help="dotted overrides, e.g. train.batch_size=64 optim.n_critic=5")
+    p.add_argument("-d", "--dir", help="image folder or shard dir (data.shards)")
+    p.add_argument("-s", "--size", type=int, help="resolution (data.resolution)")
+    p.add_argument("-l", "--latent-size", type=int, help="latent size (model.latent_dim)")
+    p.add_argument("-b", "--batch-size", type=int, help="global batch (train.batch_size)")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="data.channels")
+    p.add_argument("--run-dir", help="log.run_dir")
+    p.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="continue a run: latest checkpoint of the run dir (default), 'auto' "
+                        "(latest if any, else start), or a checkpoint path")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a run dir that already has checkpoints")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    return p.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace):
+    flags = {"data.shards": args.dir, "data.resolution": args.size,
+             "model.latent_dim": args.latent_size, "train.batch_size": args.batch_size,
+             "data.channels": args.channels, "log.run_dir": args.run_dir}
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
+    return load_config(args.config, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = build_config(args)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(dump_yaml(cfg), end="")
+        return 0
+    from .trainer import Trainer  # heavy imports only when training
+
+    trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    if trainer.acc.is_main_process:
+        run = trainer.run_dir.resolve()
+        print(f"done at step {trainer.step}.\n  samples:     {run / 'samples'}\n"
+              f"  tensorboard: tensorboard --logdir {run / 'logs'}\n"
+              f"  checkpoint:  {run / 'checkpoints'}\n"
+              f"  generate:    python -m wgan_dist.generate --checkpoint {run} --num 64 --out {run / 'generated'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
