@@ -14,6 +14,7 @@ is reproducible and a resumed run reads exactly what the uninterrupted one would
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import random
@@ -24,7 +25,6 @@ from typing import Any, Callable, Iterator
 import braceexpand
 import numpy as np
 import torch
-import torchvision.io as tvio
 import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 
@@ -187,8 +187,12 @@ def skip_consumed(batches_consumed: int, batch_size: int) -> Callable[[Iterator[
 
 
 def decode_sample(resolution: int | None, channels: int | None) -> Callable[[dict], dict]:
-    """png/jpg via torchvision.io, raw uint8 via numpy -> uint8 tensor (C, H, W) and a label."""
-    mode = tvio.ImageReadMode.GRAY if channels == 1 else tvio.ImageReadMode.RGB
+    """png/jpg via PIL, raw uint8 via numpy -> uint8 tensor (C, H, W) and a label.
+
+    (torchvision.io's decoders are deprecated since torchvision 0.29; PIL is the stable path.)"""
+    from PIL import Image
+
+    mode = "L" if channels == 1 else "RGB"
 
     def decode(sample: dict) -> dict:
         if "u8" in sample:
@@ -199,7 +203,11 @@ def decode_sample(resolution: int | None, channels: int | None) -> Callable[[dic
             if data is None:
                 raise DataError(f"{sample.get('__url__')}: sample {sample.get('__key__')} has no "
                                 f"png, jpg or u8 entry (keys: {sorted(sample)})")
-            img = tvio.decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
+            pil = Image.open(io.BytesIO(data))
+            if pil.mode != mode:
+                pil = pil.convert(mode)
+            arr = np.array(pil)  # writable copy for torch.from_numpy
+            img = torch.from_numpy(arr.reshape(arr.shape[0], arr.shape[1], -1)).permute(2, 0, 1)
         if img.shape[-1] != resolution or img.shape[-2] != resolution:
             raise DataError(f"{sample.get('__url__')}: sample {sample.get('__key__')} is "
                             f"{tuple(img.shape[-2:])}, expected {resolution}x{resolution}")

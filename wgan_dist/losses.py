@@ -21,34 +21,39 @@ Tensor = torch.Tensor
 NORM_EPS = 1e-12
 
 
+def _f32(x: Tensor) -> Tensor:
+    """Upcast half types to fp32 for reductions; leave fp32/fp64 as they are."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def critic_loss(d_real: Tensor, d_fake: Tensor) -> Tensor:
     """WGAN critic loss E[D(fake)] - E[D(real)] (the critic minimises it)."""
-    return d_fake.float().mean() - d_real.float().mean()
+    return _f32(d_fake).mean() - _f32(d_real).mean()
 
 
 def generator_loss(d_fake: Tensor) -> Tensor:
     """WGAN generator loss -E[D(fake)]."""
-    return -d_fake.float().mean()
+    return -_f32(d_fake).mean()
 
 
 def wasserstein_estimate(d_real: Tensor, d_fake: Tensor) -> Tensor:
     """E[D(real)] - E[D(fake)]: the critic's estimate of the Wasserstein-1 distance."""
-    return d_real.float().mean() - d_fake.float().mean()
+    return _f32(d_real).mean() - _f32(d_fake).mean()
 
 
 def drift_penalty(d_real: Tensor, weight: float) -> Tensor:
     """weight * E[D(real)^2] (Karras et al., 2018): keeps the critic output from drifting."""
-    return weight * d_real.float().square().mean()
+    return weight * _f32(d_real).square().mean()
 
 
 def ns_critic_loss(d_real: Tensor, d_fake: Tensor) -> Tensor:
     """The DCGAN (non-saturating) discriminator loss on logits: -log s(D(x)) - log(1 - s(D(G(z))))."""
-    return F.softplus(-d_real.float()).mean() + F.softplus(d_fake.float()).mean()
+    return F.softplus(-_f32(d_real)).mean() + F.softplus(_f32(d_fake)).mean()
 
 
 def ns_generator_loss(d_fake: Tensor) -> Tensor:
     """The non-saturating generator loss -log s(D(G(z)))."""
-    return F.softplus(-d_fake.float()).mean()
+    return F.softplus(-_f32(d_fake)).mean()
 
 
 def interpolate(real: Tensor, fake: Tensor, alpha: Tensor) -> Tensor:
@@ -73,7 +78,7 @@ def penalty_gradient_norms(
     (grad,) = torch.autograd.grad(
         outputs=out.sum() * scale, inputs=x_hat, create_graph=True
     )
-    grad = grad.float().flatten(1)
+    grad = _f32(grad).flatten(1)
     if not (isinstance(scale, float) and scale == 1.0):
         grad = grad / scale
     return torch.sqrt(grad.square().sum(dim=1) + NORM_EPS)
@@ -85,4 +90,4 @@ def gradient_penalty(grad_norms: Tensor, weight: float = 10.0) -> Tensor:
     The mean is over the local batch; under DDP the gradient all-reduce averages it over the
     global batch, exactly as one process with the whole batch would.
     """
-    return weight * (grad_norms.float() - 1.0).square().mean()
+    return weight * (_f32(grad_norms) - 1.0).square().mean()

@@ -1,0 +1,170 @@
+"""The trainer end to end on one process: resume exactness, signals, logs, generate, errors."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+
+from conftest import PY, REPO, tiny_overrides
+from wgan_dist import checkpoint as ckpt
+from wgan_dist.config import load_config
+from wgan_dist.trainer import Trainer
+
+
+def run_trainer(overrides: list[str], resume: str | None = None, overwrite: bool = False) -> Trainer:
+    AcceleratorState._reset_state(reset_partial_state=True)
+    trainer = Trainer(load_config(None, overrides), resume=resume, overwrite=overwrite)
+    trainer.train()
+    trainer.close()
+    return trainer
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    for key in ("G", "D", "G_ema"):
+        for name, t in a[key].items():
+            assert torch.equal(t, b[key][name]), f"{key}.{name} differs"
+    for key in ("opt_G", "opt_D"):
+        for idx, st in a[key]["state"].items():
+            for name, t in st.items():
+                assert torch.equal(torch.as_tensor(t), torch.as_tensor(b[key]["state"][idx][name])), \
+                    f"{key}[{idx}].{name} differs"
+    assert (a["step"], a["nimg"]) == (b["step"], b["nimg"])
+
+
+@pytest.mark.parametrize("workers,n_critic", [(0, 2), (2, 3)])
+def test_stop_and_resume_equals_uninterrupted(builtin_shards, tmp_path, workers, n_critic):
+    extra = {"data.workers": workers, "optim.n_critic": n_critic, "log.ckpt_every": 100}
+    full = run_trainer(tiny_overrides(builtin_shards, tmp_path / "full", **extra))
+    # 3 steps, stop; then a new process (here: a new Trainer) resumes to 6.
+    run_trainer(tiny_overrides(builtin_shards, tmp_path / "split", **extra, **{"train.steps": 3}))
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "split")] == ["step-00000003.pt"]
+    run_trainer(tiny_overrides(builtin_shards, tmp_path / "split", **extra), resume="latest")
+    a = ckpt.load_checkpoint(tmp_path / "full")
+    b = ckpt.load_checkpoint(tmp_path / "split")
+    assert a["step"] == b["step"] == 6
+    assert_same_state(a, b)
+
+
+def test_run_dir_outputs_and_tensorboard_events(builtin_shards, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    run_trainer(tiny_overrides(builtin_shards, run))
+    assert (run / "config.yaml").is_file() and (run / "log.txt").is_file()
+    assert sorted(p.name for p in (run / "samples").glob("step-*.png")) == [
+        "step-00000003.png", "step-00000006.png"]
+    assert (run / "samples" / "progress.gif").is_file()
+    # rotation keeps log.keep_checkpoints=3; here two were written
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step-00000003.pt", "step-00000006.pt"]
+    acc = EventAccumulator(str(run / "logs"), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    for tag in ("Loss/critic", "Loss/generator", "Loss/wasserstein", "Loss/gradient_penalty",
+                "GP/grad_norm_mean", "LR/G", "LR/D", "Speed/images_per_sec", "Progress/kimg"):
+        assert tag in scalars, f"{tag} missing from {sorted(scalars)}"
+    assert [e.step for e in acc.Scalars("Progress/kimg")] == [2, 4, 6]
+    assert acc.Scalars("Progress/kimg")[-1].value == pytest.approx(6 * 8 * 2 / 1000)
+    assert acc.Scalars("LR/G")[0].value == pytest.approx(1e-4)
+    assert "Samples/ema_fixed_noise" in acc.Tags()["images"]
+    assert len(acc.Images("Samples/ema_fixed_noise")) == 2
+
+
+def test_checkpoint_is_whole_state_and_loads_weights_only(builtin_shards, tmp_path):
+    run_trainer(tiny_overrides(builtin_shards, tmp_path / "r"))
+    path = ckpt.latest_checkpoint(tmp_path / "r")
+    state = torch.load(path, weights_only=True)
+    for key in ("G", "D", "G_ema", "opt_G", "opt_D", "scaler", "step", "nimg", "rng_torch",
+                "config", "class_names"):
+        assert key in state
+    assert state["step"] == 6 and state["nimg"] == 6 * 8 * 2
+    assert len(state["class_names"]) >= 5
+    assert state["opt_D"]["state"], "optimizer moments must be saved"
+
+
+def test_refuses_to_overwrite_a_run_and_checks_shapes(builtin_shards, tmp_path):
+    run = tmp_path / "r"
+    run_trainer(tiny_overrides(builtin_shards, run, **{"train.steps": 2, "log.ckpt_every": 2}))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(load_config(None, tiny_overrides(builtin_shards, run)))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(ValueError, match="does not fit the configured model"):
+        Trainer(load_config(None, tiny_overrides(builtin_shards, run, **{"model.g_width": 16})),
+                resume="latest")
+
+
+def _cli(args: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-m", "wgan_dist.train", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, **kw)
+
+
+def test_cli_errors_are_clear(builtin_shards, tmp_path):
+    r = _cli(["train.no_such=1"])
+    assert r.returncode == 2 and "unknown setting 'train.no_such'" in r.stderr
+    r = _cli(["-s", "48", "--dry-run"])
+    assert r.returncode == 2 and "data.resolution=48 has no dcgan architecture" in r.stderr
+    r = _cli([*tiny_overrides(builtin_shards, tmp_path / "x"), "data.channels=3"])
+    assert r.returncode != 0 and "1 channel(s) but data.channels=3" in r.stderr
+
+
+def test_seed_style_flags_and_dry_run():
+    r = _cli(["-d", "images/", "-s", "128", "-l", "100", "-b", "128", "--channels", "3", "--dry-run"])
+    assert r.returncode == 0, r.stderr
+    import yaml
+
+    cfg = yaml.safe_load(r.stdout)
+    assert cfg["data"]["shards"] == "images/" and cfg["data"]["resolution"] == 128
+    assert cfg["model"]["latent_dim"] == 100 and cfg["train"]["batch_size"] == 128
+
+
+def test_ctrl_c_saves_then_resume_finishes(builtin_shards, tmp_path):
+    run = tmp_path / "r"
+    args = tiny_overrides(builtin_shards, run, **{"train.steps": 100000, "log.ckpt_every": 100000,
+                                                  "log.tick_every": 1})
+    proc = subprocess.Popen([PY, "-m", "wgan_dist.train", *args], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while not (run / "log.txt").is_file() or not (run / "log.txt").read_text().count("\n") >= 2:
+        assert time.time() < deadline and proc.poll() is None, proc.stdout.read() if proc.poll() is not None else "timeout"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "stop requested: saved" in out
+    stopped = ckpt.load_checkpoint(run)
+    assert 2 <= stopped["step"] < 100000
+    target = stopped["step"] + 2
+    r = _cli([*tiny_overrides(builtin_shards, run, **{"train.steps": target}), "--resume"])
+    assert r.returncode == 0, r.stderr
+    assert f"resumed from {stopped['path']} at step {stopped['step']}" in r.stdout
+    assert ckpt.load_checkpoint(run)["step"] == target
+
+
+def test_generate_from_checkpoint(builtin_shards, tmp_path):
+    run = tmp_path / "r"
+    run_trainer(tiny_overrides(builtin_shards, run))
+    out = tmp_path / "gen"
+    r = subprocess.run([PY, "-m", "wgan_dist.generate", "--checkpoint", str(run), "--num", "10",
+                        "--out", str(out), "--seed", "3"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    from PIL import Image
+
+    files = sorted(out.glob("0*.png"))
+    assert len(files) == 10 and Image.open(files[0]).size == (28, 28)
+    assert (out / "grid.png").is_file()
+    r = subprocess.run([PY, "-m", "wgan_dist.generate", "--checkpoint", str(run), "--interpolate",
+                        "3", "--steps", "5", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert Image.open(out / "interpolation.png").size[0] > 5 * 28
+    # same seed, same images
+    from wgan_dist.generate import load_generator, sample
+
+    g, meta = load_generator(run)
+    assert meta["step"] == 6
+    assert torch.equal(sample(g, 4, seed=1), sample(g, 4, seed=1))
