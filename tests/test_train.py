@@ -73,6 +73,34 @@ def test_run_dir_outputs_and_tensorboard_events(builtin_shards, tmp_path):
     assert acc.Scalars("LR/G")[0].value == pytest.approx(1e-4)
     assert "Samples/ema_fixed_noise" in acc.Tags()["images"]
     assert len(acc.Images("Samples/ema_fixed_noise")) == 2
+    # what the user should see besides losses: diversity, the penalty's gradients, quality
+    assert {"Diversity/ratio", "Diversity/pixel_ratio", "Metrics/swd_avg", "Metrics/div_ratio"} <= scalars
+    assert "GP/grad_norms" in acc.Tags()["histograms"]
+    assert "GP/grad_maps" in acc.Tags()["images"]
+    import json
+
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [6] and rows[0]["swd_avg"] > 0
+
+
+def test_collapse_alarm_trips_for_a_collapsed_generator(builtin_shards, tmp_path, capsys):
+    # A generator whose output ignores z (last layer zeroed, never trained) must trip the alarm
+    # within collapse_patience ticks; the healthy tiny run above does not.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    trainer = Trainer(load_config(None, tiny_overrides(builtin_shards, tmp_path / "c", **{
+        "optim.lr_g": 0.0, "train.steps": 4, "log.tick_every": 1})))
+    last = trainer.G_raw.blocks[-2]
+    torch.nn.init.zeros_(last.weight)
+    stats = trainer.train()
+    trainer.close()
+    assert stats["ratio"] < 0.05
+    assert trainer.monitor.alarms and "mode collapse suspected" in trainer.monitor.alarms[0]
+    assert "WARNING step 2: mode collapse suspected" in capsys.readouterr().out
+
+
+def test_no_alarm_for_a_healthy_run(builtin_shards, tmp_path):
+    trainer = run_trainer(tiny_overrides(builtin_shards, tmp_path / "h", **{"log.tick_every": 1}))
+    assert trainer.monitor.alarms == []
 
 
 def test_checkpoint_is_whole_state_and_loads_weights_only(builtin_shards, tmp_path):

@@ -54,7 +54,11 @@ class ModelConfig:
     d_norm: str = "layer"
     """Critic normalisation: layer, instance, group or none (never BatchNorm)."""
     sync_bn: bool = False
-    """Use SyncBatchNorm in the generator under DDP (batch statistics over all ranks)."""
+    """Use SyncBatchNorm in the generator under DDP (batch statistics over all ranks; CUDA only:
+    torch refuses SyncBatchNorm on CPU)."""
+    g_norm: str = "batch"
+    """Generator normalisation: batch (DCGAN) or none. With none a step does not depend on how
+    the global batch is split over processes (BatchNorm statistics are per local batch)."""
 
 
 @dataclass
@@ -114,6 +118,30 @@ class LogConfig:
 
 
 @dataclass
+class EvalConfig:
+    every: int = 0
+    """Generator steps between quality evaluations (0: only at the end of the run)."""
+    num: int = 1000
+    """Generated (and real) images per evaluation, split over all ranks."""
+    fid: bool = False
+    """FID/KID on Inception-v3 features (needs local weights: eval.inception_weights)."""
+    inception_weights: str = ""
+    """Path of the FID Inception weights (nothing is downloaded; env WGAN_DIST_INCEPTION_WEIGHTS)."""
+    classifier: bool = False
+    """Domain-classifier metrics for labelled data (trains and caches a small classifier once)."""
+    classifier_steps: int = 2000
+    """Training steps of the domain classifier (cached per shard set)."""
+    collapse_threshold: float = 0.5
+    """Mode-collapse alarm: fake/real diversity ratio below this at consecutive ticks warns."""
+    collapse_patience: int = 2
+    """Consecutive low-diversity ticks before the alarm is raised."""
+    collapse_warmup: float = 0.1
+    """Fraction of train.steps before the alarm is armed (a fresh generator is not diverse)."""
+    gp_visuals: bool = True
+    """With each sample grid: histogram of ||grad D(x_hat)|| and gradient-magnitude maps."""
+
+
+@dataclass
 class Config:
     name: str = "default"
     """Name of the preset; the default run directory is runs/<name>."""
@@ -123,6 +151,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -246,6 +275,8 @@ def validate(cfg: Config) -> None:
     if cfg.model.d_norm == "batch":
         raise ConfigError("model.d_norm=batch: the critic must not use BatchNorm with a gradient "
                           "penalty; choose layer, instance, group or none")
+    if cfg.model.g_norm not in ("batch", "none"):
+        raise ConfigError(f"model.g_norm={cfg.model.g_norm!r}: choose batch or none")
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -24,6 +24,7 @@ from . import data as data_mod
 from . import dist
 from .config import Config, config_from_dict, dump_yaml, to_dict
 from .models import build_models, count_params
+from .monitor import QualityMonitor
 from .objective import critic_phase, generator_phase
 
 
@@ -70,6 +71,9 @@ class Trainer:
         if self.resume_from is not None:
             self._load(self.resume_from)
         self.writer = dist.make_writer(self.acc, self.run_dir / "logs")
+        manifest = self.shards.manifest_path
+        self.monitor = QualityMonitor(self.acc, cfg, self.writer, self.run_dir,
+                                      manifest.parent if manifest is not None else None)
         self.fixed_z = torch.randn(cfg.log.grid_size, cfg.model.latent_dim,
                                    generator=dist.generator_for(torch.device("cpu"), cfg.train.seed, "fixed")
                                    ).to(self.device)
@@ -191,6 +195,8 @@ class Trainer:
             fake = self.G(z)
         scaler = self.acc.scaler
         scale = scaler._get_scale_async() if scaler is not None else 1.0
+        if scale is None:  # the scaler builds its scale tensor lazily, at its first scale()
+            scale = scaler.get_scale()
         with self.acc.autocast():
             loss, stats = critic_phase(self.D, real, fake, alpha, self.cfg.loss, scale)
         self._apply(loss, self.opt_d, stats)
@@ -207,12 +213,29 @@ class Trainer:
         return stats
 
     def _apply(self, loss: torch.Tensor, opt, stats: dict) -> None:
-        """Backward and step; a non-finite loss on any rank skips the step on every rank."""
+        """Backward and step; a non-finite loss or gradient on any rank skips the step on every rank.
+
+        The gradients are all-reduced by now, so one rank's overflow is every rank's. Under fp16
+        the GradScaler checks the gradients itself (it must see an overflow to lower its scale),
+        and its skip is the same on every rank for the same reason.
+        """
+        scaler = self.acc.scaler
         self.acc.backward(loss)
-        finite = dist.all_ranks_agree(self.acc, bool(torch.isfinite(loss.detach()).item()), "all")
+        ok = torch.isfinite(loss.detach())
+        if scaler is None:
+            grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
+            if grads:
+                ok = ok & torch.stack([g.isfinite().all() for g in grads]).all()
+        finite = dist.all_ranks_agree(self.acc, bool(ok.item()), "all")
         if finite:
             opt.step()
-        stats["skipped_steps"] = torch.tensor(0.0 if finite else 1.0)
+        elif scaler is not None:
+            # Under fp16 a non-finite loss is mostly the *scaled* penalty gradient overflowing
+            # (scaled-output recipe): back the scale off as the scaler would for an overflowing
+            # gradient, or it never shrinks and every later step overflows too.
+            scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
+        skipped = not finite or (scaler is not None and opt.step_was_skipped)
+        stats["skipped_steps"] = torch.tensor(1.0 if skipped else 0.0)
         opt.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ loop
@@ -241,9 +264,15 @@ class Trainer:
             done = self.step == cfg.train.steps
             if self.step % cfg.log.tick_every == 0 or done:
                 last = self._tick(sums, time.time() - tick_start, self.nimg - tick_nimg)
+                last.update(self.monitor.check_diversity(self.G_raw, self.D_raw, real, self.step))
                 sums, tick_start, tick_nimg = {}, time.time(), self.nimg
             if self.step % cfg.log.sample_every == 0 or done:
                 self.sample()
+                with torch.no_grad():
+                    fake = self.G_raw(z)
+                self.monitor.gp_visuals(self.D_raw, real, fake, self.step)
+            if (cfg.eval.every and self.step % cfg.eval.every == 0) or done:
+                last.update(self.monitor.evaluate(self.ema.model, self.step, self.nimg))
             self.stop_requested = dist.all_ranks_agree(acc, self.stop_requested, "any")
             if self.step % cfg.log.ckpt_every == 0 or done or self.stop_requested:
                 path = self.save()

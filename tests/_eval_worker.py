@@ -1,0 +1,24 @@
+"""Run under 1 or 2 processes: evaluate a fixed generator with the training-time monitor and
+write rank 0's numbers (and the world size) as JSON. Used by test_evaluate."""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from wgan_dist import dist
+from wgan_dist.config import load_config
+from wgan_dist.models import Generator
+from wgan_dist.monitor import QualityMonitor
+
+shards, out = sys.argv[1], Path(sys.argv[2])
+acc = dist.make_accelerator("no")
+cfg = load_config(None, ["eval.num=60", "model.latent_dim=16"])
+torch.manual_seed(0)  # the same generator on every rank and in every world size
+g = Generator(28, 1, latent_dim=16, width=8).eval()
+monitor = QualityMonitor(acc, cfg, dist.NullWriter(), out.parent, Path(shards))
+result = monitor.evaluate(g, step=1, nimg=0)
+if acc.is_main_process:
+    out.write_text(json.dumps({"world": acc.num_processes, **result}))
+acc.wait_for_everyone()
+acc.end_training()

@@ -1,0 +1,79 @@
+"""Quality of a checkpoint's generator against real shards.
+
+    python -m wgan_dist.evaluate --checkpoint runs/default --data shards/builtin-28px-c1 --num 5000
+    python -m wgan_dist.evaluate --checkpoint RUN --data SHARDS --fid --inception-weights PATH
+    python -m wgan_dist.evaluate --checkpoint RUN --data SHARDS --classifier   # labelled data
+
+Prints one JSON object (SWD per level and average x1e3, diversity ratios; FID/KID with
+--fid; domain-classifier accuracy / classes covered / reverse KL / classifier-FID with
+--classifier) and writes it to --out if given.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m wgan_dist.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="checkpoint file or run dir (newest)")
+    p.add_argument("--data", default=None,
+                   help="real shard dir (default: the checkpoint's data.shards)")
+    p.add_argument("--num", type=int, default=5000, help="generated and real images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-ema", action="store_true")
+    p.add_argument("--fid", action="store_true", help="FID/KID on Inception-v3 features")
+    p.add_argument("--inception-weights", default=None,
+                   help="local FID Inception weights (else $WGAN_DIST_INCEPTION_WEIGHTS)")
+    p.add_argument("--classifier", action="store_true",
+                   help="domain-classifier metrics (labelled shards; trained once and cached)")
+    p.add_argument("--classifier-steps", type=int, default=2000)
+    p.add_argument("--out", default=None, help="write the JSON here too")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+
+    from .generate import load_generator, sample
+    from .metrics import evaluate_samples, get_or_train_classifier, load_shard_tensors
+
+    try:
+        g, meta = load_generator(args.checkpoint, args.device, use_ema=not args.no_ema)
+        cfg = meta["config"]
+        data = args.data or cfg.data.shards
+        if data == "builtin":  # the trainer's cache of the built-in set
+            data = f"{cfg.data.cache_dir}/builtin-{cfg.data.resolution}px-c{cfg.data.channels}"
+        if not (Path(data) / "manifest.json").is_file():
+            raise FileNotFoundError(f"{data}: not a shard dir with manifest.json (give --data)")
+        real, labels, _ = load_shard_tensors(data, limit=args.num)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    fake = sample(g, args.num, seed=args.seed)
+    classifier = None
+    if args.classifier:
+        if labels is None:
+            print(f"error: {data} is unlabelled; --classifier needs class labels", file=sys.stderr)
+            return 2
+        classifier = get_or_train_classifier(data, steps=args.classifier_steps)
+    try:
+        result = evaluate_samples(fake, real, real_labels=labels, classifier=classifier,
+                                  fid_features="inception" if args.fid else None,
+                                  inception_weights=args.inception_weights, seed=args.seed)
+    except (FileNotFoundError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    row = {"checkpoint": meta["path"], "step": meta["step"], "kimg": meta["nimg"] / 1000,
+           "num_fake": len(fake), "num_real": len(real), **result}
+    text = json.dumps(row, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

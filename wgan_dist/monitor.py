@@ -1,0 +1,152 @@
+"""What the user should see while training, besides losses: diversity, the penalty, quality.
+
+- every tick: the fake/real diversity ratio (pixel and critic-feature space) and the
+  mode-collapse alarm, printed and written to TensorBoard the moment it trips;
+- with every sample grid: a histogram of ||grad D(x_hat)|| and gradient-magnitude maps;
+- every ``eval.every`` steps and at the end: SWD, diversity, optional FID/KID and
+  domain-classifier metrics on ``eval.num`` EMA samples generated across all ranks, appended
+  to ``metrics.jsonl`` in the run dir.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from . import dist
+from .config import Config
+
+
+class QualityMonitor:
+    def __init__(self, acc: Accelerator, cfg: Config, writer: Any, run_dir: Path,
+                 shard_dir: Path | None) -> None:
+        from .metrics import CollapseAlarm
+
+        self.acc, self.cfg, self.writer, self.run_dir = acc, cfg, writer, run_dir
+        self.shard_dir = shard_dir
+        self.alarm = CollapseAlarm(cfg.eval.collapse_threshold, cfg.eval.collapse_patience)
+        self.alarms: list[str] = []
+        self._real: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._classifier = None
+
+    # ------------------------------------------------------------------ per tick
+    @torch.no_grad()
+    def check_diversity(self, generator: torch.nn.Module, critic: Any, real: torch.Tensor,
+                        step: int) -> dict[str, float]:
+        """Diversity of the *training* generator on fresh noise vs the last real batch.
+
+        The generator runs in train mode, as the critic sees it (in eval mode an early
+        generator's BatchNorm running statistics make every output alike); its BatchNorm
+        buffers are restored afterwards so this look changes nothing. Computed on every rank
+        from its own batch and averaged, so every rank sees the same alarm state."""
+        from .metrics import diversity_stats
+
+        g = dist.generator_for(torch.device("cpu"), self.cfg.train.seed, "diversity", self.acc.process_index, step)
+        z = torch.randn(real.shape[0], self.cfg.model.latent_dim, generator=g).to(real.device)
+        buffers = {k: v.clone() for k, v in generator.named_buffers()}
+        fake = generator(z).float()
+        for k, v in generator.named_buffers():
+            v.copy_(buffers[k])
+        stats = diversity_stats(fake, real.float(), _Features(critic))
+        keep = {k: torch.tensor(float(v)) for k, v in stats.items() if k.endswith("ratio")}
+        reduced = dist.reduce_mean(self.acc, keep)
+        for k, v in reduced.items():
+            self.writer.add_scalar(f"Diversity/{k}", v, step)
+        warm = step >= self.cfg.eval.collapse_warmup * self.cfg.train.steps
+        if warm and self.alarm.update(reduced):
+            msg = f"WARNING step {step}: {self.alarm.message}"
+            self.alarms.append(msg)
+            dist.main_print(self.acc, msg)
+            self.writer.add_text("Alerts/mode_collapse", msg, step)
+            self.writer.add_scalar("Alerts/mode_collapse", 1.0, step)
+        return reduced
+
+    # ------------------------------------------------------------------ with samples
+    def gp_visuals(self, critic: Any, real: torch.Tensor, fake: torch.Tensor, step: int) -> None:
+        if not (self.cfg.eval.gp_visuals and self.acc.is_main_process):
+            return
+        from .metrics import log_gradient_visuals
+
+        out = log_gradient_visuals(self.writer, critic, real, fake, step, tag="GP")
+        self.writer.add_scalar("GP/fraction_norm_within_0.1_of_1", out["grad_norm_near1"], step)
+
+    # ------------------------------------------------------------------ evaluation
+    def _real_set(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self._real is None:
+            from .metrics import load_shard_tensors
+
+            images, labels, _ = load_shard_tensors(str(self.shard_dir), limit=self.cfg.eval.num)
+            self._real = (images, labels)
+        return self._real
+
+    @torch.no_grad()
+    def generate_global(self, generator: torch.nn.Module, num: int, seed_tag: str = "eval") -> torch.Tensor:
+        """num EMA samples, rank r making a contiguous slice; gathered in index order, so the
+        set is the same on 1 or N processes (sample i always comes from latent i)."""
+        world, rank = self.acc.num_processes, self.acc.process_index
+        per = -(-num // world)
+        z = torch.randn(per * world, self.cfg.model.latent_dim,
+                        generator=dist.generator_for(torch.device("cpu"), self.cfg.train.seed, seed_tag))
+        mine = z[rank * per:(rank + 1) * per].to(self.acc.device)
+        fake = torch.cat([generator(mine[i:i + 256]).float() for i in range(0, per, 256)])
+        return self.acc.gather(fake)[:num].cpu()
+
+    def evaluate(self, generator: torch.nn.Module, step: int, nimg: int) -> dict[str, float]:
+        """Every rank generates; rank 0 computes and writes; the result is broadcast back."""
+        if self.shard_dir is None:
+            dist.main_print(self.acc, "evaluation skipped: the shards have no manifest.json")
+            return {}
+        t0 = time.time()
+        fake = self.generate_global(generator, self.cfg.eval.num)
+        result: dict[str, float] = {}
+        if self.acc.is_main_process:
+            result = self._compute(fake)
+        result = _broadcast(self.acc, result)
+        if self.acc.is_main_process:
+            for k, v in result.items():
+                self.writer.add_scalar(f"Metrics/{k}", v, step)
+            row = {"step": step, "kimg": nimg / 1000, "seconds": round(time.time() - t0, 2), **result}
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            shown = "  ".join(f"{k} {v:.4g}" for k, v in result.items()
+                              if k in ("fid", "kid_mean", "swd_avg", "div_ratio", "cls_acc", "cls_covered", "cls_rkl"))
+            dist.main_print(self.acc, f"eval step {step}: {shown}  ({row['seconds']}s)")
+        return result
+
+    def _compute(self, fake: torch.Tensor) -> dict[str, float]:
+        from .metrics import evaluate_samples, get_or_train_classifier
+
+        real, labels = self._real_set()
+        ev = self.cfg.eval
+        if ev.classifier and labels is not None and self._classifier is None:
+            self._classifier = get_or_train_classifier(str(self.shard_dir), steps=ev.classifier_steps)
+        return evaluate_samples(
+            fake, real, real_labels=labels, classifier=self._classifier,
+            fid_features="inception" if ev.fid else None,
+            inception_weights=ev.inception_weights or None, seed=self.cfg.train.seed)
+
+
+class _Features(torch.nn.Module):
+    """The critic's trunk as a feature extractor (no gradients, eval)."""
+
+    def __init__(self, critic: Any) -> None:
+        super().__init__()
+        self.critic = critic
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.critic.features(x)
+
+
+def _broadcast(acc: Accelerator, values: dict[str, float]) -> dict[str, float]:
+    """Rank 0's dict on every rank (so every rank logs and decides the same)."""
+    if acc.num_processes == 1:
+        return values
+    from accelerate.utils import broadcast_object_list
+
+    box = [values]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
