@@ -14,7 +14,15 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType
+
+DEEPSPEED_REFUSED = (
+    "DeepSpeed is not supported: the gradient penalty differentiates the critic with respect "
+    "to its input (torch.autograd.grad(create_graph=True)) before the backward, and a DeepSpeed "
+    "ZeRO engine's backward hooks fail on that (deepspeed 0.19.8, ZeRO 1 and 2: IndexError in "
+    "engine._backward_post_hook). See docs/deepspeed.md. Launch with DDP instead: "
+    "`accelerate launch --multi_gpu ...` or `torchrun ...`."
+)
 
 
 def launched_world_size() -> int:
@@ -29,6 +37,10 @@ def make_accelerator(mixed_precision: str = "no") -> Accelerator:
     every rank: N silent, independent jobs (FIELD-NOTES). ``cpu=True`` gives a real gloo group.
     We check the result against WORLD_SIZE, so the trap cannot come back unnoticed.
     """
+    # Checked before the Accelerator exists: with cpu=True Accelerate drops DeepSpeed silently
+    # and would run DDP under a DeepSpeed config.
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise RuntimeError(DEEPSPEED_REFUSED)
     cpu = not torch.cuda.is_available()
     # broadcast_buffers=False: BatchNorm statistics of the generator stay per rank (as in a
     # DCGAN on one GPU with the local batch); SyncBatchNorm is the option for shared statistics.
@@ -40,6 +52,12 @@ def make_accelerator(mixed_precision: str = "no") -> Accelerator:
             f"the launcher started {expected} processes but Accelerate formed a group of "
             f"{acc.num_processes}: refusing to run {expected} independent single-process jobs"
         )
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        raise RuntimeError(DEEPSPEED_REFUSED)
+    if mixed_precision == "fp16" and acc.scaler is None:
+        # Accelerate builds fp16 autocast and a GradScaler only off-CPU; on a CPU it runs fp32.
+        main_print(acc, f"note: train.mixed_precision=fp16 on {acc.device.type}: Accelerate "
+                        f"enables fp16 only on GPUs, so this run computes in fp32 (bf16 works on CPU)")
     return acc
 
 
