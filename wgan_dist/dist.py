@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, DistributedType
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, GradScalerKwargs
 
 DEEPSPEED_REFUSED = (
     "DeepSpeed is not supported: the gradient penalty differentiates the critic with respect "
@@ -45,7 +45,11 @@ def make_accelerator(mixed_precision: str = "no") -> Accelerator:
     # broadcast_buffers=False: BatchNorm statistics of the generator stay per rank (as in a
     # DCGAN on one GPU with the local batch); SyncBatchNorm is the option for shared statistics.
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
-    acc = Accelerator(cpu=cpu, mixed_precision=mixed_precision, kwargs_handlers=[ddp])
+    # fp16: the penalty takes the gradient of the *scaled* critic output, so each sample's
+    # first gradient is the scale itself; the default 2**16 exceeds fp16's max (65504) and
+    # the first steps would always overflow. 2**10 leaves room and grows as usual.
+    scaler = GradScalerKwargs(init_scale=2.0**10)
+    acc = Accelerator(cpu=cpu, mixed_precision=mixed_precision, kwargs_handlers=[ddp, scaler])
     expected = launched_world_size()
     if acc.num_processes != expected:
         raise RuntimeError(
