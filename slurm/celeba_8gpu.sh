@@ -1,0 +1,115 @@
+#!/bin/bash
+# CelebA 128x128 on one node with 8 GPUs: `accelerate launch` with launch/accelerate_8gpu.yaml.
+# Submit from the repository root (the job runs there):
+#
+#   sbatch slurm/celeba_8gpu.sh
+#   sbatch -p gpu --time=2-00:00:00 slurm/celeba_8gpu.sh train.steps=200000   # args = overrides
+#   RUN_DIR=runs/celeba-lr2e-4 OVERRIDES="optim.lr_g=2e-4 optim.lr_d=2e-4" sbatch slurm/celeba_8gpu.sh
+#   DRY_RUN=1 bash slurm/celeba_8gpu.sh                 # print the launch command and exit
+#
+# sbatch's own settings (partition, time, GPUs, account) are given on the sbatch command line
+# or as SBATCH_* variables (SBATCH_PARTITION, SBATCH_TIMELIMIT, SBATCH_GRES, ...); they beat the
+# #SBATCH lines below. Everything else comes from the environment of `sbatch` (all optional):
+#   CONFIG       preset or YAML path (default celeba128)
+#   SHARDS       shard set or image folder, sets data.shards (default: the preset's)
+#   RUN_DIR      run directory (default runs/<preset name>); a rerun or requeue continues it
+#   NPROC        training processes (default: GPUs Slurm gave the job, else 8)
+#   MASTER_PORT  rendezvous port on this node (default: a free one)
+#   OVERRIDES    extra section.field=value overrides, space-separated (script args work too)
+#   MAX_RESTARTS relaunches after a crash inside one allocation, each resuming from the newest
+#                checkpoint (default 3)
+#   STOP_TIMEOUT seconds the workers get to checkpoint after the stop signal (default 120)
+#   REQUEUE      1: requeue on the time-limit warning (default); 0: only checkpoint and stop
+#   ACCELERATE_CONFIG (default launch/accelerate_8gpu.yaml), PYTHON (default python),
+#   REPO_DIR     where to run (default: the directory sbatch was called from)
+#
+# Time limit and preemption: --signal=B:USR1@300 makes Slurm send SIGUSR1 to this script 5
+# minutes before the limit. The script passes SIGUSR1 to the launcher, which passes it to every
+# training process; they finish the generator step, write checkpoints/step-XXXXXXXX.pt, print
+# "stop requested: saved ..." and exit. The script then requeues the job (scontrol requeue), and
+# the requeued job resumes with --resume auto: same job id, same output file (--open-mode=append),
+# the step count continues. By hand:
+#   scancel --signal=USR1 --batch JOBID    checkpoint, requeue, continue
+#   scancel --signal=USR2 --batch JOBID    checkpoint and end the job (no requeue)
+#
+#SBATCH --job-name=wgan-celeba128
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --gres=gpu:8
+#SBATCH --exclusive
+#SBATCH --mem=0
+#SBATCH --time=24:00:00
+#SBATCH --signal=B:USR1@300
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=%x-%j.out
+set -euo pipefail
+
+cd "${REPO_DIR:-${SLURM_SUBMIT_DIR:-$PWD}}"
+PYTHON=${PYTHON:-python}
+CONFIG=${CONFIG:-celeba128}
+NAME=$(basename "$CONFIG" .yaml)
+RUN_DIR=${RUN_DIR:-runs/$NAME}
+NPROC=${NPROC:-${SLURM_GPUS_ON_NODE:-8}}
+ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-launch/accelerate_8gpu.yaml}
+MAX_RESTARTS=${MAX_RESTARTS:-3}
+read -r -a overrides <<<"${OVERRIDES:-}"
+
+# torch.distributed.run (inside accelerate launch) reads its options from PET_* variables:
+# pass SIGUSR1 on to the workers instead of dying of it, and wait for their checkpoint.
+export PET_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1
+export PET_SHUTDOWN_TIMEOUT=${STOP_TIMEOUT:-120}
+
+cmd=("$PYTHON" -m accelerate.commands.launch --config_file "$ACCELERATE_CONFIG"
+     --num_processes "$NPROC" --max_restarts 0
+     ${MASTER_PORT:+--main_process_port "$MASTER_PORT"}
+     -m wgan_dist.train --config "$CONFIG" --run-dir "$RUN_DIR" --resume auto
+     ${SHARDS:+data.shards="$SHARDS"} "${overrides[@]}" "$@")
+
+if [[ ${DRY_RUN:-0} == 1 ]]; then
+    printf '%q ' "${cmd[@]}"; echo
+    exit 0
+fi
+
+echo "[$(date '+%F %T')] job ${SLURM_JOB_ID:-none} on $(hostname -s), start $((${SLURM_RESTART_COUNT:-0} + 1)), $NPROC processes, run dir $RUN_DIR"
+echo "+ ${cmd[*]}"
+
+# Signals: the launcher runs in the background so that a trap can fire while we wait for it.
+stop="" launcher=""
+on_signal() {  # $1: what to do afterwards (requeue | end), $2: the signal's name
+    stop=$1; interrupted=1
+    echo "[$(date '+%F %T')] $2: asking the training processes to checkpoint and stop"
+    kill -USR1 "$launcher" 2>/dev/null || true
+}
+trap 'on_signal requeue USR1' USR1
+trap 'on_signal end USR2' USR2
+trap 'on_signal end TERM' TERM
+
+# Relaunch after a crash (not after a stop): a fresh launcher, a fresh rendezvous store. The
+# launcher's own --max_restarts stays 0: torch 2.14 restarts reuse the rendezvous store, and
+# the restarted group can read the dead group's addresses (pytorch#135712).
+attempt=0
+while :; do
+    "${cmd[@]}" &
+    launcher=$!
+    while :; do
+        interrupted=0 rc=0
+        wait "$launcher" || rc=$?
+        (( interrupted )) || break  # otherwise a trap cut the wait short: keep waiting
+    done
+    [[ $rc == 0 || -n $stop ]] && break
+    (( attempt < MAX_RESTARTS )) || break
+    attempt=$((attempt + 1))
+    echo "[$(date '+%F %T')] launcher failed (exit $rc): relaunch $attempt of $MAX_RESTARTS, resuming from the newest checkpoint"
+done
+
+if [[ $stop == requeue && ${REQUEUE:-1} == 1 && -n ${SLURM_JOB_ID:-} ]]; then
+    echo "[$(date '+%F %T')] launcher exited ($rc); requeueing job $SLURM_JOB_ID, it resumes from the newest checkpoint in $RUN_DIR"
+    scontrol requeue "$SLURM_JOB_ID"
+    exit 0
+fi
+if [[ -n $stop ]]; then
+    echo "[$(date '+%F %T')] stopped on request (launcher exit $rc)"
+    exit 0
+fi
+exit "$rc"

@@ -1,0 +1,283 @@
+"""The Slurm scripts, run for real on a single-node Slurm cluster on this machine.
+
+The cluster: `bash .ci/slurm_cluster.sh start` (as root). When it is not up, the fixture starts
+it if we are root (WGAN_SLURM_AUTOSTART=0 turns that off); otherwise these tests fail with that
+hint. They never skip: CI must exercise the launchers.
+
+The jobs run the real scripts with environment overrides: 2 CPU processes, the built-in data
+set (small), a tiny model, a few steps, a temporary run dir. sbatch options that a CPU cluster
+cannot satisfy (--gres=gpu:8, 2 nodes) are overridden on the sbatch command line, as a user
+would. Covered: a plain job of each script (a real 2-process group, checkpoint, samples,
+TensorBoard events); the time-limit warning through each script (checkpoint, requeue, resume
+with the step count continuing); a crash inside a job (the script relaunches, the run resumes);
+the dry-run commands. Jobs are submitted with --parsable and scontrol is polled every second:
+`sbatch --wait` polls with growing sleeps and added ~30 s to a 12 s job here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from wgan_dist import checkpoint as ckpt
+
+REPO = Path(__file__).resolve().parent.parent
+JOB_TIMEOUT = 420  # seconds per job, requeue included; a healthy one takes 15-70 s
+FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+         "PREEMPTED", "BOOT_FAIL", "DEADLINE")
+START_HINT = "start it with `bash .ci/slurm_cluster.sh start` (as root)"
+# The scripts' settings: never inherited from the environment pytest runs in.
+SCRIPT_VARS = ("CONFIG", "SHARDS", "RUN_DIR", "NPROC", "GPUS_PER_NODE", "MASTER_ADDR",
+               "MASTER_PORT", "OVERRIDES", "LAUNCHER", "MAX_RESTARTS", "STOP_TIMEOUT", "REQUEUE",
+               "ACCELERATE_CONFIG", "PYTHON", "REPO_DIR", "DRY_RUN", "NNODES", "NODE_RANK",
+               "WORLD_SIZE", "RANK", "LOCAL_RANK")
+
+
+def base_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in SCRIPT_VARS
+            and not k.startswith(("SLURM_", "SBATCH_", "PET_", "ACCELERATE_"))}
+
+
+def cluster_is_up() -> bool:
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return False
+    try:
+        r = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return False
+    return r.returncode == 0 and bool(set(r.stdout.split()) & {"idle", "mixed", "allocated"})
+
+
+@pytest.fixture(scope="module")
+def cluster() -> None:
+    """A usable Slurm cluster. As root (CI) the single-node one is started when it is not up
+    (WGAN_SLURM_AUTOSTART=0 turns that off); otherwise the tests fail and say how to start it."""
+    if cluster_is_up():
+        return
+    log = ""
+    if os.geteuid() == 0 and os.environ.get("WGAN_SLURM_AUTOSTART", "1") != "0":
+        r = subprocess.run(["bash", str(REPO / ".ci" / "slurm_cluster.sh"), "start"],
+                           capture_output=True, text=True, timeout=900)
+        log = r.stdout + r.stderr
+        if r.returncode == 0 and cluster_is_up():
+            return
+    pytest.fail(f"the Slurm cluster is not up: {START_HINT}\n{log}", pytrace=False)
+
+
+def job_env(builtin_shards: Path, run_dir: Path, steps: int, **extra: str) -> dict[str, str]:
+    """The submitting environment: the scripts read their settings from it."""
+    per_class = json.loads((builtin_shards / "manifest.json").read_text())["source"]["per_class"]
+    overrides = {
+        # The celeba128 preset is 128 px RGB; the built-in sketches are 28 px grayscale.
+        "data.resolution": 28, "data.channels": 1, "data.hflip": "false",
+        "data.cache_dir": builtin_shards.parent, "data.builtin_per_class": per_class,
+        "data.workers": 0, "data.shuffle_buffer": 50,
+        "model.g_width": 8, "model.d_width": 8, "model.latent_dim": 16,
+        "train.batch_size": 8, "optim.n_critic": 2, "train.steps": steps,
+        "log.tick_every": 2, "log.sample_every": steps, "log.ckpt_every": steps,
+        "log.grid_size": 16, "eval.num": 64,
+    }
+    overrides.update(extra.pop("overrides", {}))
+    env = base_env()
+    env.update(PYTHON=sys.executable, REPO_DIR=str(REPO), OMP_NUM_THREADS="1",
+               NPROC="2", GPUS_PER_NODE="2", SHARDS="builtin", RUN_DIR=str(run_dir),
+               OVERRIDES=" ".join(f"{k}={v}" for k, v in overrides.items()))
+    env.update(extra)
+    return env
+
+
+def submit(script: str, env: dict[str, str], out_dir: Path, *sbatch_args: str) -> str:
+    r = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--gres=none", "--time=15",
+                        f"--output={out_dir}/job-%j.out", *sbatch_args, script],
+                       cwd=REPO, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, f"sbatch {script} failed: {r.stderr}"
+    return r.stdout.strip().split(";")[0]
+
+
+def job_info(job: str) -> dict[str, str]:
+    r = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True)
+    return dict(re.findall(r"(\w+)=(\S*)", r.stdout))
+
+
+def job_output(job: str, out_dir: Path) -> str:
+    path = out_dir / f"job-{job}.out"
+    return path.read_text() if path.is_file() else ""
+
+
+def wait_job(job: str, out_dir: Path, restarts: int = 0, timeout: float = JOB_TIMEOUT) -> str:
+    """Poll until the job has finished (after `restarts` requeues); return its output."""
+    deadline, ended_early = time.time() + timeout, None
+    while time.time() < deadline:
+        info = job_info(job)
+        if info.get("JobState") in FINAL:
+            out = job_output(job, out_dir)
+            if int(info.get("Restarts", 0)) >= restarts:
+                assert info["JobState"] == "COMPLETED" and info.get("ExitCode") == "0:0", \
+                    f"job {job}: {info.get('JobState')} exit {info.get('ExitCode')}\n{out[-6000:]}"
+                return out
+            ended_early = ended_early or time.time()
+            assert time.time() - ended_early < 15, \
+                f"job {job} ended without being requeued: {info.get('JobState')}\n{out[-6000:]}"
+        time.sleep(1)
+    subprocess.run(["scancel", job])
+    pytest.fail(f"job {job} did not finish in {timeout} s: {job_info(job).get('JobState')}\n"
+                f"{job_output(job, out_dir)[-6000:]}")
+
+
+def check_run_dir(run: Path, steps: int) -> dict:
+    final = ckpt.load_checkpoint(run)
+    assert (final["step"], final["world_size"]) == (steps, 2)
+    assert final["nimg"] == steps * 8 * 2  # global batch 8 x 2 critic steps, no step lost
+    assert (run / "samples" / f"step-{steps:08d}.png").is_file()
+    assert list((run / "logs").glob("events.out.tfevents.*")), "no TensorBoard events"
+    return final
+
+
+# --------------------------------------------------------------------------------------------
+
+def test_job_trains_on_two_processes(cluster, builtin_shards, tmp_path):
+    """A plain job of slurm/celeba_8gpu.sh. (slurm/multinode.sh runs plain jobs inside the
+    crash and time-limit tests below: one job less on a 2-core machine.)"""
+    run, steps = tmp_path / "run", 4
+    job = submit("slurm/celeba_8gpu.sh", job_env(builtin_shards, run, steps), tmp_path)
+    out = wait_job(job, tmp_path)
+    assert "accelerate.commands.launch" in out  # the script echoes the command it runs
+    assert re.search(r"processes\s+2 on cpu", out), f"not a 2-process group:\n{out[-4000:]}"
+    assert f"done at step {steps}" in out
+    check_run_dir(run, steps)
+
+
+@pytest.mark.parametrize("script,workers", [("slurm/celeba_8gpu.sh", 1), ("slurm/multinode.sh", 0)])
+def test_time_limit_warning_checkpoints_requeues_and_resumes(cluster, builtin_shards, tmp_path,
+                                                             script, workers):
+    """The warning signal (sent as --signal=B:USR1@300 would) stops, saves, requeues, resumes.
+
+    The celeba script runs the launcher in the batch step and signals it directly; the
+    multinode script signals through srun. One loader worker on the celeba path checks that the
+    stop signal does not kill the data pipeline.
+    """
+    run, steps = tmp_path / "run", 50
+    env = job_env(builtin_shards, run, steps, overrides={"data.workers": workers,
+                                                        "log.ckpt_every": 1000})
+    job = submit(script, env, tmp_path)
+    deadline = time.time() + JOB_TIMEOUT
+    while not (run / "log.txt").is_file():  # the first status line: training has started
+        info = job_info(job)
+        if info.get("JobState") in FINAL or time.time() > deadline:
+            subprocess.run(["scancel", job])
+            pytest.fail(f"job {job} never started training: {info.get('JobState')}\n"
+                        f"{job_output(job, tmp_path)[-5000:]}")
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
+    out = wait_job(job, tmp_path, restarts=1)
+
+    stopped = re.search(r"stop requested: saved \S+step-(\d{8})\.pt at step (\d+)", out)
+    assert stopped, f"no checkpoint on the stop signal:\n{out[-5000:]}"
+    k = int(stopped.group(2))
+    assert 0 < k < steps, f"stopped at step {k} of {steps}"
+    assert f"requeueing job {job}" in out and "start 2" in out
+    assert re.search(rf"resumed from \S+step-{k:08d}\.pt at step {k} ", out), out[-5000:]
+    assert len(re.findall(r"processes\s+2 on cpu", out)) == 2  # both starts: a 2-process group
+    assert torch.load(run / "checkpoints" / f"step-{k:08d}.pt", weights_only=True)["step"] == k
+    check_run_dir(run, steps)
+    assert job_info(job).get("Restarts") == "1"
+    # The status lines continue from the stop step: ticks after k appear once the job resumed.
+    ticks = [int(m) for m in re.findall(r"^step\s+(\d+)/", (run / "log.txt").read_text(), re.M)]
+    assert ticks[-1] == steps and any(t <= k for t in ticks) and any(t > k for t in ticks)
+
+
+def worker_of(run: Path, rank: int) -> int | None:
+    """The pid of the training process of `rank` whose command line names this run dir."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(run).encode() in cmdline and f"RANK={rank}".encode() in environ \
+                and b"wgan_dist.train" in cmdline:
+            return int(entry.name)
+    return None
+
+
+def test_crash_inside_the_job_relaunches_and_resumes(cluster, builtin_shards, tmp_path):
+    """slurm/multinode.sh, 1 node: a training process dies (SIGKILL), srun ends the step, the
+    batch script relaunches it, the new processes resume from the newest checkpoint, and the
+    job completes with the full step count on a 2-process group."""
+    run, steps = tmp_path / "run", 20
+    env = job_env(builtin_shards, run, steps, MAX_RESTARTS="1",
+                  overrides={"log.ckpt_every": 5, "log.tick_every": 1})
+    job = submit("slurm/multinode.sh", env, tmp_path)
+    deadline = time.time() + JOB_TIMEOUT
+    victim = None
+    while victim is None:
+        if (run / "checkpoints" / "step-00000005.pt").is_file():
+            victim = worker_of(run, 1)
+        if job_info(job).get("JobState") in FINAL or time.time() > deadline:
+            subprocess.run(["scancel", job])
+            pytest.fail(f"job {job}: no checkpoint of step 5 and rank 1 to kill\n"
+                        f"{job_output(job, tmp_path)[-5000:]}")
+        time.sleep(0.2)
+    os.kill(victim, signal.SIGKILL)
+    out = wait_job(job, tmp_path)
+    assert "torch.distributed.run" in out and "--rdzv-backend=c10d" in out
+    assert "srun failed" in out and "relaunch 1 of 1" in out, out[-5000:]
+    assert len(re.findall(r"processes\s+2 on cpu", out)) == 2, out[-5000:]
+    assert f"done at step {steps}" in out
+    resumed = re.search(r"resumed from \S+step-(\d{8})\.pt at step (\d+)", out)
+    assert resumed and int(resumed.group(2)) >= 5, out[-5000:]
+    check_run_dir(run, steps)
+
+
+def test_dry_run_prints_the_launch_and_reads_the_environment(tmp_path):
+    """DRY_RUN=1 (no cluster needed): the defaults, and every override reaching the command."""
+    def dry(script: str, *args: str, **env: str) -> str:
+        r = subprocess.run(["bash", script, *args], cwd=REPO, capture_output=True, text=True,
+                           env={**base_env(), "DRY_RUN": "1", **env})
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    out = dry("slurm/celeba_8gpu.sh")
+    assert "--config_file launch/accelerate_8gpu.yaml --num_processes 8" in out
+    assert "-m wgan_dist.train --config celeba128 --run-dir runs/celeba128 --resume auto" in out
+    out = dry("slurm/celeba_8gpu.sh", "train.steps=7", NPROC="4", CONFIG="configs/x.yaml",
+              SHARDS="shards/y", RUN_DIR="runs/z", OVERRIDES="a.b=1 c.d=2", MASTER_PORT="1234")
+    assert "--num_processes 4 --max_restarts 0 --main_process_port 1234" in out
+    assert "--config configs/x.yaml --run-dir runs/z --resume auto data.shards=shards/y a.b=1 c.d=2 train.steps=7" in out
+
+    out = dry("slurm/multinode.sh", SLURM_JOB_ID="4321", SLURM_NNODES="3",
+              SLURM_JOB_NODELIST="", MASTER_ADDR="node7")
+    assert "srun --nodes=3 --ntasks-per-node=1" in out
+    assert "--nnodes=3 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=node7:29821 --rdzv-id=4321" in out
+    assert "--max-restarts=0" in out  # the script relaunches after a crash, not torchrun
+    out = dry("slurm/multinode.sh", LAUNCHER="accelerate", GPUS_PER_NODE="4", SLURM_NNODES="2",
+              MASTER_ADDR="node7", MASTER_PORT="999")
+    assert "--config_file launch/accelerate_multinode.yaml --num_machines 2 --num_processes 8" in out
+    assert "--main_process_ip node7 --main_process_port 999" in out and "SLURM_NODEID" in out
+
+    out = dry("launch/torchrun.sh", "--config", "celeba128", NPROC="2")
+    assert "--standalone --nproc-per-node=2 --max-restarts=3" in out
+    assert "-m wgan_dist.train --resume auto --config celeba128" in out
+    out = dry("launch/torchrun.sh", NPROC="8", NNODES="2", MASTER_ADDR="n0", MASTER_PORT="29400",
+              MAX_RESTARTS="0")
+    assert "--nnodes=2 --rdzv-backend=c10d --rdzv-endpoint=n0:29400 --rdzv-id=wgan_dist" in out
+    assert "--nproc-per-node=8 --max-restarts=0" in out
+    out = dry("launch/torchrun.sh", NNODES="2", NODE_RANK="1", MASTER_ADDR="n0", RDZV_BACKEND="static")
+    assert "--nnodes=2 --node-rank=1 --master-addr=n0 --master-port=29500" in out
+
+    for script in ("slurm/celeba_8gpu.sh", "slurm/multinode.sh"):
+        header = re.findall(r"^#SBATCH (\S+)", (REPO / script).read_text(), re.M)
+        for opt in ("--requeue", "--open-mode=append", "--gres=gpu:8"):
+            assert opt in header, f"{script}: no #SBATCH {opt}"
+        assert any(re.fullmatch(r"--signal=B:USR1@\d+", o) for o in header), script
