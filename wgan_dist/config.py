@@ -115,6 +115,12 @@ class TrainConfig:
     """Half-life of the generator EMA in thousands of generator images."""
     ema_rampup: float = 0.05
     """EMA half-life is at most this fraction of images seen so far (None-like 0 disables)."""
+    channels_last: bool = False
+    """Keep G, D and the real batches in channels-last memory format (NHWC convolutions)."""
+    fused_adam: bool = False
+    """Fused Adam where torch has it for the device (skips a non-finite step without a host sync)."""
+    compile: bool = False
+    """torch.compile G and the critic's plain forwards; the penalty's forward stays eager."""
 
 
 @dataclass

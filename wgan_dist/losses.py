@@ -91,3 +91,12 @@ def gradient_penalty(grad_norms: Tensor, weight: float = 10.0) -> Tensor:
     global batch, exactly as one process with the whole batch would.
     """
     return weight * (_f32(grad_norms) - 1.0).square().mean()
+
+
+def classification_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy of an auxiliary classifier (AC-GAN, Odena et al., 2017), in fp32.
+
+    The critic minimises it on real (and optionally fake) images with their labels; the
+    generator minimises it on its fakes with the labels it was asked for.
+    """
+    return F.cross_entropy(_f32(logits), labels.long())

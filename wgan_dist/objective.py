@@ -3,6 +3,11 @@
 The trainer walks phases (critic x n_critic, then generator) and calls these; it never
 computes a loss term itself. Each returns the scalar to back-propagate and a dict of detached
 statistics (tensors, no host sync) for logging.
+
+Conditional models: the critic is called as ``critic(x, y)`` (and ``critic(x, y, logits=True)``
+when it has an auxiliary classifier, ``classify``); the penalty differentiates with respect to
+the image with the labels held fixed. ``augment`` (DiffAugment with this step's parameters) is
+applied to everything the critic sees.
 """
 from __future__ import annotations
 
@@ -15,6 +20,17 @@ from .config import LossConfig
 
 Tensor = torch.Tensor
 Stats = dict[str, Tensor]
+Augment = Callable[[Tensor], Tensor]
+
+
+def _evaluate(critic: Callable, x: Tensor, y: Tensor | None,
+              classify: bool) -> tuple[Tensor, Tensor | None]:
+    """Scores, and class logits when the critic has an auxiliary classifier."""
+    if y is None:
+        return critic(x), None
+    if classify:
+        return critic(x, y, logits=True)
+    return critic(x, y), None
 
 
 def critic_phase(
@@ -24,15 +40,32 @@ def critic_phase(
     alpha: Tensor,
     cfg: LossConfig,
     scale: float | Tensor = 1.0,
+    *,
+    y_real: Tensor | None = None,
+    y_fake: Tensor | None = None,
+    classify: bool = False,
+    augment: Augment | None = None,
+    penalty_critic: Callable | None = None,
 ) -> tuple[Tensor, Stats]:
-    """Critic loss (+ gradient penalty + drift) for one batch of reals and detached fakes.
+    """Critic loss (+ gradient penalty + drift + auxiliary classifier) for one batch of reals
+    and detached fakes (with their labels when the models are conditional).
+
+    ``penalty_critic`` (default: ``critic``) scores the interpolates: the same parameters in
+    an eager module when ``critic`` is compiled, since the penalty's double backward does not
+    go through AOTAutograd.
 
     Reals and fakes go through the critic in one forward: the critic has no batch-coupled
     layers, so this is the same function at half the launches. The penalty takes its own
     forward on the interpolates with create_graph=True, and all terms meet in one backward.
     """
     fake = fake.detach()
-    scores = critic(torch.cat([real, fake]))
+    if augment is not None:
+        # One transform per pair (real_i, fake_i): every DiffAugment op is affine in the image,
+        # so the interpolates below are augmented interpolates, and the penalty holds the
+        # critic's gradient to 1 where the critic is evaluated: on augmented images.
+        real, fake = augment(real), augment(fake)
+    y = None if y_real is None else torch.cat([y_real, y_fake])
+    scores, logits = _evaluate(critic, torch.cat([real, fake]), y, classify)
     d_real, d_fake = scores[: real.shape[0]], scores[real.shape[0]:]
     stats: Stats = {"wasserstein": losses.wasserstein_estimate(d_real, d_fake).detach(),
                     "d_real": d_real.detach().float().mean(), "d_fake": d_fake.detach().float().mean()}
@@ -41,8 +74,22 @@ def critic_phase(
     else:
         loss = losses.critic_loss(d_real, d_fake)
     stats["critic_loss"] = loss.detach()
+    if logits is not None:
+        n = real.shape[0]
+        ac = losses.classification_loss(logits[:n], y_real)
+        stats["ac_real"] = ac.detach()
+        stats["ac_accuracy"] = (logits[:n].detach().argmax(1) == y_real).float().mean()
+        if cfg.ac_fake:
+            ac_fake = losses.classification_loss(logits[n:], y_fake)
+            stats["ac_fake"] = ac_fake.detach()
+            ac = ac + ac_fake
+        loss = loss + cfg.ac_weight * ac
     if cfg.gp_weight > 0:
-        norms = losses.penalty_gradient_norms(critic, losses.interpolate(real, fake, alpha), scale)
+        # Conditional: the interpolate between real_i and fake_i is scored with the real label
+        # (any fixed label gives a valid constraint on D(., y); the reals' follows the data).
+        base = penalty_critic or critic
+        score = base if y_real is None else (lambda x: base(x, y_real))
+        norms = losses.penalty_gradient_norms(score, losses.interpolate(real, fake, alpha), scale)
         gp = losses.gradient_penalty(norms, cfg.gp_weight)
         loss = loss + gp
         stats["gradient_penalty"] = gp.detach()
@@ -55,9 +102,18 @@ def critic_phase(
 
 
 def generator_phase(
-    critic: Callable[[Tensor], Tensor], fake: Tensor, cfg: LossConfig
+    critic: Callable[[Tensor], Tensor], fake: Tensor, cfg: LossConfig, *,
+    y: Tensor | None = None, classify: bool = False, augment: Augment | None = None,
 ) -> tuple[Tensor, Stats]:
-    """Generator loss on fakes that carry the generator's graph."""
-    d_fake = critic(fake)
+    """Generator loss on fakes that carry the generator's graph (and the labels they were
+    asked for, which the auxiliary classifier should recognise)."""
+    if augment is not None:
+        fake = augment(fake)
+    d_fake, logits = _evaluate(critic, fake, y, classify)
     loss = losses.ns_generator_loss(d_fake) if cfg.kind == "ns" else losses.generator_loss(d_fake)
-    return loss, {"generator_loss": loss.detach()}
+    stats: Stats = {"generator_loss": loss.detach()}
+    if logits is not None:
+        ac = losses.classification_loss(logits, y)
+        stats["ac_generator"] = ac.detach()
+        loss = loss + cfg.ac_weight * ac
+    return loss, stats

@@ -7,6 +7,7 @@ interpolation coefficients), then one generator phase, then the EMA update. Loss
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import resource
 import signal
@@ -22,6 +23,7 @@ from torchvision.utils import make_grid, save_image
 from . import checkpoint as ckpt
 from . import data as data_mod
 from . import dist
+from .augment import DiffAugment
 from .config import Config, config_from_dict, dump_yaml, to_dict
 from .models import build_models, count_params
 from .monitor import QualityMonitor
@@ -56,6 +58,28 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
+def fused_adam_available(device: torch.device) -> bool:
+    """Whether this torch has fused Adam kernels for ``device`` (CPU too since torch 2.4)."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    return device.type in _get_fused_kernels_supported_devices()
+
+
+def compile_module(module: nn.Module) -> Any:
+    """torch.compile (inductor). One place, so a test can swap in a backend without codegen."""
+    return torch.compile(module)
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, saved: dict) -> None:
+    """Load an optimizer's state but keep this run's implementation flags (fused, foreach):
+    ``load_state_dict`` takes every group setting from the checkpoint, so a run resumed with
+    train.fused_adam changed would silently keep the old implementation."""
+    current = opt.state_dict()["param_groups"]
+    groups = [{**g, **{k: c[k] for k in ("fused", "foreach") if k in c}}
+              for g, c in zip(saved["param_groups"], current)]
+    opt.load_state_dict({**saved, "param_groups": groups})
+
+
 class Trainer:
     def __init__(self, cfg: Config, resume: str | None = None, overwrite: bool = False) -> None:
         self.cfg = cfg
@@ -77,6 +101,12 @@ class Trainer:
         self.fixed_z = torch.randn(cfg.log.grid_size, cfg.model.latent_dim,
                                    generator=dist.generator_for(torch.device("cpu"), cfg.train.seed, "fixed")
                                    ).to(self.device)
+        self.fixed_y, self.grid_cols = None, int(math.sqrt(cfg.log.grid_size)) or 1
+        if self.num_classes:
+            # One row per class, the same latents down each column: style fixed, class varies.
+            self.grid_cols = max(1, cfg.log.grid_size // self.num_classes)
+            self.fixed_z = self.fixed_z[:self.grid_cols].repeat(self.num_classes, 1)
+            self.fixed_y = torch.arange(self.num_classes, device=self.device).repeat_interleave(self.grid_cols)
 
     # ------------------------------------------------------------------ setup
     def _setup_run_dir(self, resume: str | None, overwrite: bool) -> None:
@@ -114,6 +144,24 @@ class Trainer:
                 cfg.data.builtin_per_class, cfg.train.seed,
                 log=lambda m: dist.main_print(self.acc, m))
         data_mod.check_shape(self.shards, cfg.data.resolution, cfg.data.channels)
+        self.num_classes = self._resolve_num_classes()
+
+    def _resolve_num_classes(self) -> int:
+        """model.num_classes from the shard manifest for a conditional model (0 otherwise)."""
+        m, names = self.cfg.model, self.shards.class_names
+        if not m.conditional:
+            return 0
+        where = self.shards.manifest_path or self.cfg.data.shards
+        if not names:
+            raise ValueError(f"model.conditional=true needs labelled shards, but {where} has no "
+                             f"class labels (class subfolders, QuickDraw files or the built-in set "
+                             f"give labels); or set model.conditional=false")
+        if m.num_classes and m.num_classes != len(names):
+            raise ValueError(f"model.num_classes={m.num_classes} but {where} has {len(names)} "
+                             f"classes ({', '.join(names)}); leave model.num_classes=0 to take them "
+                             f"from the manifest")
+        m.num_classes = len(names)  # stored with the config in every checkpoint
+        return m.num_classes
 
     def make_batches(self, skip: int, count: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         cfg = self.cfg
@@ -131,13 +179,30 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(dist.seed_for(cfg.train.seed, "init"))  # same init on every rank
         g, d = build_models(cfg.model, cfg.data.resolution, cfg.data.channels)
+        if cfg.train.channels_last:  # before the EMA copy, so samples run channels-last too
+            g, d = g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last)
+        self.classify = bool(getattr(d, "classifies", False))  # the critic has an AC head
+        self.augment = DiffAugment(cfg.data.diffaug) if cfg.data.diffaug else None
         self.ema = EMA(g)
         betas = (cfg.optim.beta1, cfg.optim.beta2)
-        opt_g = torch.optim.Adam(g.parameters(), lr=cfg.optim.lr_g, betas=betas)
-        opt_d = torch.optim.Adam(d.parameters(), lr=cfg.optim.lr_d, betas=betas)
+        self.fused_adam = cfg.train.fused_adam and fused_adam_available(self.device)
+        if cfg.train.fused_adam and not self.fused_adam:
+            dist.main_print(self.acc, f"note: train.fused_adam: torch {torch.__version__} has no "
+                                      f"fused Adam on {self.device.type}; using the foreach Adam")
+        fused = True if self.fused_adam else None  # None, not False: False means the for-loop Adam
+        opt_g = torch.optim.Adam(g.parameters(), lr=cfg.optim.lr_g, betas=betas, fused=fused)
+        opt_d = torch.optim.Adam(d.parameters(), lr=cfg.optim.lr_d, betas=betas, fused=fused)
         self.G, self.D, self.opt_g, self.opt_d = self.acc.prepare(g, d, opt_g, opt_d)
         self.ema.model.to(self.device)
         self.G_raw, self.D_raw = self.acc.unwrap_model(self.G), self.acc.unwrap_model(self.D)
+        # Compiled callables share the modules' parameters; the modules stay eager, so their
+        # state_dict keys do not change. The penalty differentiates the critic's input gradient
+        # (double backward), which AOTAutograd refuses ("torch.compile with aot_autograd does
+        # not currently support double backward"): its forward uses the eager self.D.
+        self.G_fwd, self.D_fwd, self.D_frozen = self.G, self.D, self.D_raw
+        if cfg.train.compile:
+            self.G_fwd, self.D_fwd = compile_module(self.G), compile_module(self.D)
+            self.D_frozen = self.D_fwd if self.D is self.D_raw else compile_module(self.D_raw)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -158,8 +223,8 @@ class Trainer:
         ckpt.load_module_state(self.G_raw, state["G"], "generator", where)
         ckpt.load_module_state(self.D_raw, state["D"], "critic", where)
         ckpt.load_module_state(self.ema.model, state["G_ema"], "generator EMA", where)
-        self.opt_g.load_state_dict(state["opt_G"])
-        self.opt_d.load_state_dict(state["opt_D"])
+        load_optimizer_state(self.opt_g, state["opt_G"])
+        load_optimizer_state(self.opt_d, state["opt_D"])
         if self.acc.scaler is not None and state["scaler"]:
             self.acc.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng_torch"])
@@ -190,24 +255,48 @@ class Trainer:
         fn = torch.rand if purpose == "alpha" else torch.randn
         return fn(*shape, generator=g).to(self.device, non_blocking=True)
 
-    def critic_step(self, real: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor) -> dict:
+    def _draw_labels(self, purpose: str, step: int, phase: int = 0) -> torch.Tensor | None:
+        """Uniform class labels for the fakes, counter-based like the noise (None if unconditional)."""
+        if not self.num_classes:
+            return None
+        g = dist.generator_for(torch.device("cpu"), self.cfg.train.seed, purpose, self.rank, step, phase)
+        return torch.randint(self.num_classes, (self.batch,), generator=g).to(self.device)
+
+    def _augmenter(self, purpose: str, step: int, phase: int = 0):
+        """This phase's DiffAugment with its parameters drawn (one transform per real/fake
+        pair), counter-based like the noise; None when data.diffaug is off."""
+        if self.augment is None:
+            return None
+        g = dist.generator_for(torch.device("cpu"), self.cfg.train.seed, purpose, self.rank, step, phase)
+        res = self.cfg.data.resolution
+        return functools.partial(self.augment.apply,
+                                 params=self.augment.sample(self.batch, res, res, g, self.device))
+
+    def critic_step(self, real: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor,
+                    y_real: torch.Tensor | None = None, y_fake: torch.Tensor | None = None,
+                    augment=None) -> dict:
+        if self.cfg.train.channels_last:
+            real = real.contiguous(memory_format=torch.channels_last)
         with torch.no_grad(), self.acc.autocast():
-            fake = self.G(z)
+            fake = self.G_fwd(z, y_fake)
         scaler = self.acc.scaler
         scale = scaler._get_scale_async() if scaler is not None else 1.0
         if scale is None:  # the scaler builds its scale tensor lazily, at its first scale()
             scale = scaler.get_scale()
         with self.acc.autocast():
-            loss, stats = critic_phase(self.D, real, fake, alpha, self.cfg.loss, scale)
+            loss, stats = critic_phase(self.D_fwd, real, fake, alpha, self.cfg.loss, scale,
+                                       y_real=y_real, y_fake=y_fake, classify=self.classify,
+                                       augment=augment, penalty_critic=self.D)
         self._apply(loss, self.opt_d, stats)
         return stats
 
-    def generator_step(self, z: torch.Tensor) -> dict:
+    def generator_step(self, z: torch.Tensor, y: torch.Tensor | None = None, augment=None) -> dict:
         # The generator's loss flows through the critic, but the critic is not trained here:
         # use the unwrapped critic with frozen parameters (no DDP reducer, no critic grads).
         self.D_raw.requires_grad_(False)
         with self.acc.autocast():
-            loss, stats = generator_phase(self.D_raw, self.G(z), self.cfg.loss)
+            loss, stats = generator_phase(self.D_frozen, self.G_fwd(z, y), self.cfg.loss, y=y,
+                                          classify=self.classify, augment=augment)
         self._apply(loss, self.opt_g, stats)
         self.D_raw.requires_grad_(True)
         return stats
@@ -218,15 +307,24 @@ class Trainer:
         The gradients are all-reduced by now, so one rank's overflow is every rank's. Under fp16
         the GradScaler checks the gradients itself (it must see an overflow to lower its scale),
         and its skip is the same on every rank for the same reason.
+
+        With fused Adam (and no GradScaler) the decision stays on the device: the optimizer
+        takes the flag as ``found_inf`` and skips inside its kernel, so the step has no host
+        sync. Otherwise reading the flag is this phase's one host sync.
         """
         scaler = self.acc.scaler
         self.acc.backward(loss)
-        ok = torch.isfinite(loss.detach())
         if scaler is None:
-            grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
-            if grads:
-                ok = ok & torch.stack([g.isfinite().all() for g in grads]).all()
-        finite = dist.all_ranks_agree(self.acc, bool(ok.item()), "all")
+            found_inf = self._found_inf(loss, opt)
+            if self.fused_adam:
+                opt.optimizer.found_inf = found_inf
+                opt.step()
+                stats["skipped_steps"] = found_inf
+                opt.zero_grad(set_to_none=True)
+                return
+            finite = not bool(found_inf.item())
+        else:
+            finite = dist.all_ranks_agree(self.acc, bool(torch.isfinite(loss.detach()).item()), "all")
         if finite:
             opt.step()
         elif scaler is not None:
@@ -235,8 +333,26 @@ class Trainer:
             # gradient, or it never shrinks and every later step overflows too.
             scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
         skipped = not finite or (scaler is not None and opt.step_was_skipped)
-        stats["skipped_steps"] = torch.tensor(1.0 if skipped else 0.0)
+        # On the loss's device, like every other statistic: the tick stacks them all.
+        stats["skipped_steps"] = torch.tensor(1.0 if skipped else 0.0, device=loss.device)
         opt.zero_grad(set_to_none=True)
+
+    def _found_inf(self, loss: torch.Tensor, opt) -> torch.Tensor:
+        """1.0 where the loss or a gradient of ``opt``'s parameters is non-finite on any rank,
+        else 0.0: a scalar tensor on the device, not read here. One fused kernel per device and
+        dtype (GradScaler's own check, unscaling by 1) instead of a few launches per parameter."""
+        found = (~torch.isfinite(loss.detach())).float().reshape(1)
+        by_kind: dict[tuple, list[torch.Tensor]] = {}
+        for group in opt.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    by_kind.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
+        one = torch.ones(1, device=found.device)
+        for (device, _), grads in by_kind.items():
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found, one.to(device))
+        if self.world > 1:  # an async all-reduce: no host sync
+            found = self.acc.reduce(found, reduction="sum").clamp_(max=1.0)
+        return found.reshape(())  # 0-dim, as fused Adam subtracts it from its step counts
 
     # ------------------------------------------------------------------ loop
     def train(self) -> dict[str, float]:
@@ -250,13 +366,17 @@ class Trainer:
         tick_start, tick_nimg, last = time.time(), self.nimg, {}
         while self.step < cfg.train.steps and not self.stop_requested:
             for i in range(n_critic):
-                images, _labels = next(batches)
+                images, labels = next(batches)
                 real = data_mod.to_model_range(images.to(self.device, non_blocking=True))
+                y_real = labels.to(self.device, non_blocking=True) if self.num_classes else None
                 z = self._draw("z_d", self.batch, cfg.model.latent_dim, step=self.step, phase=i)
                 alpha = self._draw("alpha", self.batch, step=self.step, phase=i)
-                self._accumulate(sums, self.critic_step(real, z, alpha), 1.0 / n_critic)
+                y_fake = self._draw_labels("y_d", step=self.step, phase=i)
+                aug = self._augmenter("aug_d", step=self.step, phase=i)
+                self._accumulate(sums, self.critic_step(real, z, alpha, y_real, y_fake, aug), 1.0 / n_critic)
             z = self._draw("z_g", self.batch, cfg.model.latent_dim, step=self.step)
-            self._accumulate(sums, self.generator_step(z), 1.0)
+            y = self._draw_labels("y_g", step=self.step)
+            self._accumulate(sums, self.generator_step(z, y, self._augmenter("aug_g", step=self.step)), 1.0)
             self.step += 1
             self.nimg += cfg.train.batch_size * n_critic
             self.ema.update(self.G_raw, ema_beta(cfg, self.step * cfg.train.batch_size, cfg.train.batch_size))
@@ -302,7 +422,9 @@ class Trainer:
                   "d_real": "Critic/D_real", "d_fake": "Critic/D_fake", "lr_G": "LR/G",
                   "lr_D": "LR/D", "images_per_sec": "Speed/images_per_sec",
                   "sec_per_kimg": "Speed/sec_per_kimg", "kimg": "Progress/kimg",
-                  "peak_mem_gb": "Resources/peak_mem_gb", "skipped_steps": "Progress/skipped_steps"}
+                  "peak_mem_gb": "Resources/peak_mem_gb", "skipped_steps": "Progress/skipped_steps",
+                  "ac_real": "Loss/ac_real", "ac_fake": "Loss/ac_fake",
+                  "ac_generator": "Loss/ac_generator", "ac_accuracy": "Critic/ac_accuracy_real"}
         for k, v in stats.items():
             self.writer.add_scalar(groups.get(k, f"Other/{k}"), v, self.step)
         line = (f"step {self.step:>6}/{self.cfg.train.steps}  kimg {stats['kimg']:8.1f}  "
@@ -324,9 +446,8 @@ class Trainer:
         """A grid from fixed noise through the EMA generator (main process only)."""
         if not self.acc.is_main_process:
             return None
-        imgs = self.ema.model(self.fixed_z).float()
-        nrow = int(math.sqrt(len(imgs))) or 1
-        grid = make_grid(imgs, nrow=nrow, normalize=True, value_range=(-1, 1))
+        imgs = self.ema.model(self.fixed_z, self.fixed_y).float()
+        grid = make_grid(imgs, nrow=self.grid_cols, normalize=True, value_range=(-1, 1))
         path = self.run_dir / "samples" / f"step-{self.step:08d}.png"
         save_image(grid, path)
         self.writer.add_image("Samples/ema_fixed_noise", grid, self.step)
@@ -346,7 +467,9 @@ class Trainer:
             f"this run       {remaining} G steps = {remaining * n * gb / 1000:.1f} kimg "
             f"(total {cfg.train.steps * n * gb / 1000:.1f} kimg)",
             f"models         G {count_params(self.G_raw) / 1e6:.2f}M params, "
-            f"D {count_params(self.D_raw) / 1e6:.2f}M params, loss {cfg.loss.kind}",
+            f"D {count_params(self.D_raw) / 1e6:.2f}M params, {cfg.model.arch}, loss {cfg.loss.kind}"
+            + (f", conditional on {self.num_classes} classes ({cfg.model.cond})" if self.num_classes else "")
+            + (f", DiffAugment {','.join(self.augment.policy)}" if self.augment else ""),
         ]))
 
     def _install_signal_handlers(self) -> None:
