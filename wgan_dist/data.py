@@ -28,7 +28,7 @@ import braceexpand
 import numpy as np
 import torch
 import webdataset as wds
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import DataLoader, default_collate, get_worker_info
 
 from .dist import seed_for
 
@@ -215,7 +215,8 @@ def _plain_tar_samples(url: str, members: list[tuple[str, int, int]]) -> Iterato
 
 def read_tar(src: Iterator[dict]) -> Iterator[dict]:
     """Shard URLs -> samples {"__key__", "__url__", "png" | "jpg" | "u8", "cls", ...}: the same
-    samples in the same order as ``wds.tarfile_to_samples()``, ~8x cheaper per sample.
+    samples in the same order as ``wds.tarfile_to_samples()``, at 12 instead of 171 us of
+    CPU a sample (benchmarks/README.md).
 
     Python's tarfile spends ~60 us on each member header (3 members a sample), more than
     decoding a 28 px PNG. Local uncompressed ustar shards (what our writer makes) are read
@@ -306,17 +307,25 @@ def decode_sample(resolution: int | None, channels: int | None) -> Callable[[dic
 
 
 def collate(samples: list[dict]) -> tuple[torch.Tensor, list[int]]:
-    """(uint8 images, labels as a list): ``Batches`` makes the labels a tensor after the
-    hand-over from the worker (see there why)."""
-    return torch.stack([s["image"] for s in samples]), [s["label"] for s in samples]
+    """(uint8 images (B, C, H, W), labels as a list).
+
+    Decoded images are (C, H, W) views of (H, W, C) memory, so they are stacked in that
+    layout -- a plain copy, not a transposing one (10x cheaper at 128 px RGB) -- and, by
+    ``default_collate`` in a loader worker, straight into the shared memory the batch
+    crosses to the training process in (one copy fewer). The batch is a (B, C, H, W) view
+    of (B, H, W, C) memory; ``to_model_range`` lays it out on the device. ``Batches`` makes
+    the labels a tensor after the hand-over (see there why)."""
+    hwc = default_collate([s["image"].permute(1, 2, 0) for s in samples])
+    return hwc.permute(0, 3, 1, 2), [s["label"] for s in samples]
 
 
 class Batches:
     """Iterates a DataLoader of (images, label list) as (images, int64 labels tensor).
 
     Every tensor a loader worker hands over costs a shared-memory segment and a file
-    descriptor passed over a socket: ~0.8 ms of CPU a batch, as much as decoding eight 28 px
-    PNGs (benchmarks/bench_loader.py). 64 labels are not worth a second one."""
+    descriptor passed over a socket: 1.3-1.6 ms of CPU for a second, tiny tensor a batch,
+    as much as decoding a dozen 28 px PNGs (benchmarks/README.md). 64 labels are not worth
+    it."""
 
     def __init__(self, loader: DataLoader) -> None:
         self.loader = loader
@@ -378,9 +387,12 @@ def make_loader(urls: list[str], *, rank: int, world: int, seed: int, batch_size
                               pin_memory=pin_memory, **kwargs))
 
 
-def to_model_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float [-1, 1]. Done after the transfer: 4x fewer bytes to move."""
-    return images.float().mul_(2.0 / 255.0).sub_(1.0)
+def to_model_range(images: torch.Tensor,
+                   memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1] in ``memory_format``. Done after the transfer: 4x fewer
+    bytes to move, and the one conversion also lays the batch out (it arrives channels-last
+    in memory, see ``collate``), which on a GPU costs nothing extra."""
+    return images.to(torch.float32, memory_format=memory_format).mul_(2.0 / 255.0).sub_(1.0)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

@@ -358,6 +358,7 @@ class Trainer:
     def train(self) -> dict[str, float]:
         cfg, acc = self.cfg, self.acc
         n_critic = cfg.optim.n_critic
+        memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         remaining = cfg.train.steps - self.step
         self._print_plan(remaining)
         self._install_signal_handlers()
@@ -367,7 +368,7 @@ class Trainer:
         while self.step < cfg.train.steps and not self.stop_requested:
             for i in range(n_critic):
                 images, labels = next(batches)
-                real = data_mod.to_model_range(images.to(self.device, non_blocking=True))
+                real = data_mod.to_model_range(images.to(self.device, non_blocking=True), memory_format)
                 y_real = labels.to(self.device, non_blocking=True) if self.num_classes else None
                 z = self._draw("z_d", self.batch, cfg.model.latent_dim, step=self.step, phase=i)
                 alpha = self._draw("alpha", self.batch, step=self.step, phase=i)
