@@ -74,42 +74,6 @@ fi
 echo "[$(date '+%F %T')] job ${SLURM_JOB_ID:-none} on $(hostname -s), start $((${SLURM_RESTART_COUNT:-0} + 1)), $NPROC processes, run dir $RUN_DIR"
 echo "+ ${cmd[*]}"
 
-# Signals: the launcher runs in the background so that a trap can fire while we wait for it.
-stop="" launcher=""
-on_signal() {  # $1: what to do afterwards (requeue | end), $2: the signal's name
-    stop=$1; interrupted=1
-    echo "[$(date '+%F %T')] $2: asking the training processes to checkpoint and stop"
-    kill -USR1 "$launcher" 2>/dev/null || true
-}
-trap 'on_signal requeue USR1' USR1
-trap 'on_signal end USR2' USR2
-trap 'on_signal end TERM' TERM
-
-# Relaunch after a crash (not after a stop): a fresh launcher, a fresh rendezvous store. The
-# launcher's own --max_restarts stays 0: torch 2.14 restarts reuse the rendezvous store, and
-# the restarted group can read the dead group's addresses (pytorch#135712).
-attempt=0
-while :; do
-    "${cmd[@]}" &
-    launcher=$!
-    while :; do
-        interrupted=0 rc=0
-        wait "$launcher" || rc=$?
-        (( interrupted )) || break  # otherwise a trap cut the wait short: keep waiting
-    done
-    [[ $rc == 0 || -n $stop ]] && break
-    (( attempt < MAX_RESTARTS )) || break
-    attempt=$((attempt + 1))
-    echo "[$(date '+%F %T')] launcher failed (exit $rc): relaunch $attempt of $MAX_RESTARTS, resuming from the newest checkpoint"
-done
-
-if [[ $stop == requeue && ${REQUEUE:-1} == 1 && -n ${SLURM_JOB_ID:-} ]]; then
-    echo "[$(date '+%F %T')] launcher exited ($rc); requeueing job $SLURM_JOB_ID, it resumes from the newest checkpoint in $RUN_DIR"
-    scontrol requeue "$SLURM_JOB_ID"
-    exit 0
-fi
-if [[ -n $stop ]]; then
-    echo "[$(date '+%F %T')] stopped on request (launcher exit $rc)"
-    exit 0
-fi
-exit "$rc"
+# Checkpoint on the stop signals, requeue on the time-limit warning, relaunch after a crash.
+source slurm/supervise.sh
+supervise launcher

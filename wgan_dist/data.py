@@ -28,6 +28,7 @@ import braceexpand
 import numpy as np
 import torch
 import webdataset as wds
+from PIL import Image
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
 from .dist import seed_for
@@ -134,22 +135,30 @@ def _worker(rotate: int = 0) -> tuple[int, int]:
     return (info.id + rotate) % info.num_workers, info.num_workers
 
 
-def shard_stream(urls: list[str], rank: int, world: int, seed: int,
-                 rotate: int = 0) -> Callable[[], Iterator[dict]]:
+@dataclass(frozen=True)
+class shard_stream:
     """This rank's and worker's shards, resampled forever from a seeded RNG.
 
     Split by node, then by worker, when there are enough shards for every (rank, worker) to
     own at least one; otherwise every reader samples from all shards with its own seed (never
     an empty reader, never a hang). Resampling means no reader ever runs out.
+
+    (The stages are small classes, not closures, so that the pipeline pickles: loader workers
+    started by spawn or forkserver -- macOS, Python 3.14 -- receive it pickled.)
     """
-    def stream() -> Iterator[dict]:
-        worker, workers = _worker(rotate)
-        readers = world * workers
-        mine = urls[rank::world][worker::workers] if len(urls) >= readers else urls
-        rng = random.Random(seed_for(seed, "shards", rank, worker))
+    urls: list[str]
+    rank: int
+    world: int
+    seed: int
+    rotate: int = 0
+
+    def __call__(self) -> Iterator[dict]:
+        worker, workers = _worker(self.rotate)
+        urls = self.urls
+        mine = urls[self.rank::self.world][worker::workers] if len(urls) >= self.world * workers else urls
+        rng = random.Random(seed_for(self.seed, "shards", self.rank, worker))
         while True:
             yield {"url": mine[rng.randrange(len(mine))]}
-    return stream
 
 
 _TAR_META = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta pattern
@@ -238,51 +247,65 @@ def read_tar(src: Iterator[dict]) -> Iterator[dict]:
             yield from _plain_tar_samples(url, members)
 
 
-def shuffle(bufsize: int, seed: int, rank: int,
-            rotate: int = 0) -> Callable[[Iterator[dict]], Iterator[dict]]:
-    def stage(src: Iterator[dict]) -> Iterator[dict]:
-        worker, _ = _worker(rotate)
-        rng = random.Random(seed_for(seed, "shuffle", rank, worker))
-        return wds.filters._shuffle(src, bufsize, min(bufsize, 100), rng=rng)
-    return stage
+@dataclass(frozen=True)
+class shuffle:
+    """A seeded shuffle buffer of ``bufsize`` samples."""
+    bufsize: int
+    seed: int
+    rank: int
+    rotate: int = 0
+
+    def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
+        worker, _ = _worker(self.rotate)
+        rng = random.Random(seed_for(self.seed, "shuffle", self.rank, worker))
+        return wds.filters._shuffle(src, self.bufsize, min(self.bufsize, 100), rng=rng)
 
 
-def draw_flips(enabled: bool, seed: int, rank: int,
-               rotate: int = 0) -> Callable[[Iterator[dict]], Iterator[dict]]:
+@dataclass(frozen=True)
+class draw_flips:
     """Decide each sample's flip *before* the resume skip, so the coin stream stays aligned."""
-    def stage(src: Iterator[dict]) -> Iterator[dict]:
-        worker, _ = _worker(rotate)
-        rng = random.Random(seed_for(seed, "flip", rank, worker))
+    enabled: bool
+    seed: int
+    rank: int
+    rotate: int = 0
+
+    def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
+        worker, _ = _worker(self.rotate)
+        rng = random.Random(seed_for(self.seed, "flip", self.rank, worker))
         for sample in src:
-            sample["__flip__"] = enabled and rng.random() < 0.5
+            sample["__flip__"] = self.enabled and rng.random() < 0.5
             yield sample
-    return stage
 
 
-def skip_consumed(batches_consumed: int, batch_size: int) -> Callable[[Iterator[dict]], Iterator[dict]]:
+@dataclass(frozen=True)
+class skip_consumed:
     """On resume, drop the samples this worker already delivered (before decoding: cheap).
 
     A DataLoader takes batches from its workers round-robin, so of the first k batches worker
     w delivered len(range(w, k, workers)).
     """
-    def stage(src: Iterator[dict]) -> Iterator[dict]:
-        worker, workers = _worker(batches_consumed)
-        n = len(range(worker, batches_consumed, workers)) * batch_size
+    batches_consumed: int
+    batch_size: int
+
+    def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
+        worker, workers = _worker(self.batches_consumed)
+        n = len(range(worker, self.batches_consumed, workers)) * self.batch_size
         for i, sample in enumerate(src):
             if i >= n:
                 yield sample
-    return stage
 
 
-def decode_sample(resolution: int | None, channels: int | None) -> Callable[[dict], dict]:
+@dataclass(frozen=True)
+class decode_sample:
     """png/jpg via PIL, raw uint8 via numpy -> uint8 tensor (C, H, W) and a label.
 
     (torchvision.io's decoders are deprecated since torchvision 0.29; PIL is the stable path.)"""
-    from PIL import Image
+    resolution: int | None
+    channels: int | None
 
-    mode = "L" if channels == 1 else "RGB"
-
-    def decode(sample: dict) -> dict:
+    def __call__(self, sample: dict) -> dict:
+        resolution, channels = self.resolution, self.channels
+        mode = "L" if channels == 1 else "RGB"
         if "u8" in sample:
             arr = np.frombuffer(sample["u8"], dtype=np.uint8).reshape(resolution, resolution, channels)
             img = torch.from_numpy(arr.copy()).permute(2, 0, 1)
@@ -303,7 +326,6 @@ def decode_sample(resolution: int | None, channels: int | None) -> Callable[[dic
             img = img.flip(-1)
         label = int(sample["cls"]) if "cls" in sample else -1
         return {"image": img, "label": label}
-    return decode
 
 
 def collate(samples: list[dict]) -> tuple[torch.Tensor, list[int]]:
@@ -365,12 +387,13 @@ def _ignore_stop_signals(_worker_id: int) -> None:
 def make_loader(urls: list[str], *, rank: int, world: int, seed: int, batch_size: int,
                 resolution: int, channels: int, num_batches: int, workers: int = 1,
                 shuffle_buffer: int = 2000, hflip: bool = False, skip_batches: int = 0,
-                pin_memory: bool = False) -> Batches:
+                pin_memory: bool = False, mp_context: str | None = None) -> Batches:
     """An iterable of at least ``num_batches`` (uint8 images, int64 labels) batches.
 
     One pass is all a run reads (the stream is resampled and cut to the run's length), so
     persistent workers would buy nothing; each worker keeps 4 batches prefetched, pinned
-    by the loader's pin thread when ``pin_memory``."""
+    by the loader's pin thread when ``pin_memory``. ``mp_context``: how workers start (None:
+    the platform's default; every stage pickles, so ``spawn``/``forkserver`` work too)."""
     readers = max(1, workers)
     pipeline = build_pipeline(
         urls, rank=rank, world=world, seed=seed, batch_size=batch_size, resolution=resolution,
@@ -382,7 +405,7 @@ def make_loader(urls: list[str], *, rank: int, world: int, seed: int, batch_size
     kwargs: dict[str, Any] = {}
     if workers > 0:
         kwargs.update(persistent_workers=False, prefetch_factor=4,
-                      worker_init_fn=_ignore_stop_signals)
+                      worker_init_fn=_ignore_stop_signals, multiprocessing_context=mp_context)
     return Batches(DataLoader(pipeline, batch_size=None, num_workers=workers,
                               pin_memory=pin_memory, **kwargs))
 
