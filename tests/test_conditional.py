@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 import torch
+import yaml
 from accelerate.state import AcceleratorState
 from torch import nn
 
@@ -208,6 +209,8 @@ def test_sample_grid_has_one_row_per_class(cond_run):
     assert torch.equal(trainer.fixed_z[0], trainer.fixed_z[cols])  # same latents in every row
     w, h = Image.open(run / "samples" / "step-00000006.png").size
     assert (w, h) == (cols * 30 + 2, k * 30 + 2)  # 28 px tiles, make_grid padding 2
+    # the run's config.yaml is the config as run: class count from the manifest
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["num_classes"] == k
 
 
 def test_generate_per_class(cond_run, tmp_path):

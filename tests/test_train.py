@@ -196,3 +196,12 @@ def test_generate_from_checkpoint(builtin_shards, tmp_path):
     g, meta = load_generator(run)
     assert meta["step"] == 6
     assert torch.equal(sample(g, 4, seed=1), sample(g, 4, seed=1))
+
+
+def test_resume_flag_does_not_swallow_an_override():
+    from wgan_dist.train import parse_args
+
+    a = parse_args(["--resume", "train.steps=600", "log.tick_every=5"])
+    assert a.resume == "latest" and a.overrides == ["train.steps=600", "log.tick_every=5"]
+    assert parse_args(["--resume", "auto", "train.steps=6"]).resume == "auto"
+    assert parse_args(["train.steps=6"]).resume is None

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .config import ConfigError, dump_yaml, load_config
@@ -31,7 +32,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true",
                    help="start over in a run dir that already has checkpoints")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # `--resume train.steps=600`: the optional value took an override; give it back.
+    if args.resume is not None and "=" in args.resume and not os.path.exists(args.resume):
+        args.overrides = [args.resume] + list(args.overrides)
+        args.resume = "latest"
+    return args
 
 
 def build_config(args: argparse.Namespace):

@@ -90,6 +90,9 @@ class Trainer:
         self.stop_requested = False
         self._setup_run_dir(resume, overwrite)
         self._setup_data()
+        if self.acc.is_main_process:
+            # After the data: the config as run, with model.num_classes from the manifest.
+            (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg))
         self._setup_models()
         self.step, self.nimg = 0, 0
         if self.resume_from is not None:
@@ -128,7 +131,6 @@ class Trainer:
             if overwrite and self.resume_from is None:
                 for p in ckpt.list_checkpoints(self.run_dir):
                     p.unlink()
-            (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg))
         self.acc.wait_for_everyone()
 
     def _setup_data(self) -> None:
