@@ -2,6 +2,8 @@
 with labels held fixed, exact resume, the per-class sample grid, and generation per class."""
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 
 import pytest
@@ -252,3 +254,17 @@ def test_generate_class_on_an_unconditional_checkpoint_is_refused(builtin_shards
                                                        "eval.gp_visuals": False}))
     assert generate.main(["--checkpoint", str(run), "--class", "cup", "--out", str(tmp_path)]) == 2
     assert "unconditional generator" in capsys.readouterr().err
+
+
+def test_evaluate_scores_the_requested_classes(cond_run, tmp_path):
+    """evaluate on a conditional checkpoint asks for the classes in turn and reports the
+    domain classifier's accuracy on them."""
+    _, run = cond_run
+    out = tmp_path / "m.json"
+    env = {**os.environ, "WGAN_DIST_CACHE": str(tmp_path / "cache")}
+    r = subprocess.run([PY, "-m", "wgan_dist.evaluate", "--checkpoint", str(run), "--num", "40",
+                        "--classifier", "--classifier-steps", "20", "--out", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    row = json.loads(out.read_text())
+    assert 0.0 <= row["cls_acc"] <= 1.0 and row["cls_real_classes"] == len(CLASSES)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -26,15 +27,20 @@ def test_evaluate_cli(builtin_shards, tmp_path):
     assert r.returncode == 2 and "missing.pth" in r.stderr
 
 
-def test_two_process_evaluation_equals_one_process(builtin_shards, tmp_path):
+@pytest.mark.parametrize("cond", [False, True])
+def test_two_process_evaluation_equals_one_process(builtin_shards, tmp_path, cond):
     one, two = tmp_path / "one.json", tmp_path / "two.json"
-    subprocess.run([PY, "tests/_eval_worker.py", str(builtin_shards), str(one)], cwd=REPO,
-                   check=True, timeout=300)
+    extra = ["cond"] if cond else []
+    env = {**os.environ, "WGAN_DIST_CACHE": str(tmp_path / "cache")}  # the classifier, once
+    subprocess.run([PY, "tests/_eval_worker.py", str(builtin_shards), str(one), *extra], cwd=REPO,
+                   check=True, timeout=300, env=env)
     subprocess.run([PY, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                    "--master_port=29531", "tests/_eval_worker.py", str(builtin_shards), str(two)],
-                   cwd=REPO, check=True, timeout=300)
+                    "--master_port=29531", "tests/_eval_worker.py", str(builtin_shards), str(two),
+                    *extra], cwd=REPO, check=True, timeout=300, env=env)
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert (a.pop("world"), b.pop("world")) == (1, 2)
     assert a.keys() == b.keys() and "swd_avg" in a
+    # a conditional model is scored on the classes it was asked for
+    assert ("cls_acc" in a) == cond
     for k in a:
         assert b[k] == pytest.approx(a[k], rel=1e-6, abs=1e-9), k

@@ -84,16 +84,29 @@ class QualityMonitor:
         return self._real
 
     @torch.no_grad()
-    def generate_global(self, generator: torch.nn.Module, num: int, seed_tag: str = "eval") -> torch.Tensor:
-        """num EMA samples, rank r making a contiguous slice; gathered in index order, so the
-        set is the same on 1 or N processes (sample i always comes from latent i)."""
+    def generate_global(self, generator: torch.nn.Module, num: int,
+                        seed_tag: str = "eval") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """num EMA samples and, for a conditional model, their requested labels (the classes
+        in turn: sample i is class i mod K). Rank r makes a contiguous slice; gathered in index
+        order, so the set is the same on 1 or N processes (sample i always comes from latent
+        i and label i)."""
         world, rank = self.acc.num_processes, self.acc.process_index
         per = -(-num // world)
         z = torch.randn(per * world, self.cfg.model.latent_dim,
                         generator=dist.generator_for(torch.device("cpu"), self.cfg.train.seed, seed_tag))
-        mine = z[rank * per:(rank + 1) * per].to(self.acc.device)
-        fake = torch.cat([generator(mine[i:i + 256]).float() for i in range(0, per, 256)])
-        return self.acc.gather(fake)[:num].cpu()
+        k = self.cfg.model.num_classes if self.cfg.model.conditional else 0
+        y = torch.arange(per * world) % k if k else None
+        mine = slice(rank * per, (rank + 1) * per)
+        z_mine = z[mine].to(self.acc.device)
+        y_mine = y[mine].to(self.acc.device) if y is not None else None
+        parts = []
+        for i in range(0, per, 256):
+            if y_mine is None:
+                parts.append(generator(z_mine[i:i + 256]).float())
+            else:
+                parts.append(generator(z_mine[i:i + 256], y_mine[i:i + 256]).float())
+        fake = self.acc.gather(torch.cat(parts))[:num].cpu()
+        return fake, (y[:num] if y is not None else None)
 
     def evaluate(self, generator: torch.nn.Module, step: int, nimg: int) -> dict[str, float]:
         """Every rank generates; rank 0 computes and writes; the result is broadcast back."""
@@ -101,10 +114,10 @@ class QualityMonitor:
             dist.main_print(self.acc, "evaluation skipped: the shards have no manifest.json")
             return {}
         t0 = time.time()
-        fake = self.generate_global(generator, self.cfg.eval.num)
+        fake, fake_labels = self.generate_global(generator, self.cfg.eval.num)
         result: dict[str, float] = {}
         if self.acc.is_main_process:
-            result = self._compute(fake)
+            result = self._compute(fake, fake_labels)
         result = _broadcast(self.acc, result)
         if self.acc.is_main_process:
             for k, v in result.items():
@@ -117,7 +130,7 @@ class QualityMonitor:
             dist.main_print(self.acc, f"eval step {step}: {shown}  ({row['seconds']}s)")
         return result
 
-    def _compute(self, fake: torch.Tensor) -> dict[str, float]:
+    def _compute(self, fake: torch.Tensor, fake_labels: torch.Tensor | None) -> dict[str, float]:
         from .metrics import evaluate_samples, get_or_train_classifier
 
         real, labels = self._real_set()
@@ -125,7 +138,7 @@ class QualityMonitor:
         if ev.classifier and labels is not None and self._classifier is None:
             self._classifier = get_or_train_classifier(str(self.shard_dir), steps=ev.classifier_steps)
         return evaluate_samples(
-            fake, real, real_labels=labels, classifier=self._classifier,
+            fake, real, fake_labels=fake_labels, real_labels=labels, classifier=self._classifier,
             fid_features="inception" if ev.fid else None,
             inception_weights=ev.inception_weights or None, seed=self.cfg.train.seed)
 
