@@ -116,7 +116,7 @@ def test_cli_tiny(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(
         [sys.executable, "-m", "wgan_dist.toy", "--dataset", "all", "--seeds", "2",
-         "--steps", "3", "--out", str(out)],
+         "--steps", "3", "--jobs", "2", "--out", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr

@@ -433,9 +433,9 @@ class Trainer:
         line = (f"step {self.step:>6}/{self.cfg.train.steps}  kimg {stats['kimg']:8.1f}  "
                 f"img/s {ips:7.1f}  sec/kimg {stats['sec_per_kimg']:6.2f}  "
                 f"W {stats.get('wasserstein', float('nan')):7.3f}  "
-                f"GP {stats.get('gradient_penalty', float('nan')):6.3f}  "
-                f"|grad| {stats.get('grad_norm_mean', float('nan')):5.2f}  "
-                f"D {stats.get('critic_loss', float('nan')):7.3f}  "
+                + (f"GP {stats['gradient_penalty']:6.3f}  |grad| {stats['grad_norm_mean']:5.2f}  "
+                   if "gradient_penalty" in stats else "")  # no penalty (loss.kind=ns)
+                + f"D {stats.get('critic_loss', float('nan')):7.3f}  "
                 f"G {stats.get('generator_loss', float('nan')):7.3f}  "
                 f"mem {stats['peak_mem_gb']:.2f}GB")
         dist.main_print(self.acc, line)
