@@ -111,15 +111,18 @@ def test_run_is_repeatable() -> None:
     assert a["histogram"] == b["histogram"] and a["hq"] == b["hq"]
 
 
+def _toy_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-m", "wgan_dist.toy", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
 def test_cli_tiny(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "wgan_dist.toy", "--dataset", "all", "--seeds", "2",
-         "--steps", "3", "--jobs", "2", "--out", str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = _toy_cli("--dataset", "all", "--seeds", "2", "--steps", "3", "--jobs", "2",
+                    "--out", str(out))
     assert "mean±se" in proc.stdout
     res = json.loads((out / "results.json").read_text())
     for ds in ("ring", "grid", "swissroll"):
@@ -132,11 +135,6 @@ def test_cli_tiny(tmp_path: Path) -> None:
 
 
 def test_cli_ns_baseline(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "wgan_dist.toy", "--dataset", "ring", "--seeds", "1",
-         "--steps", "3", "--loss", "ns", "--out", str(tmp_path)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
+    _toy_cli("--dataset", "ring", "--seeds", "1", "--steps", "3", "--loss", "ns",
+             "--out", str(tmp_path))
     assert json.loads((tmp_path / "results.json").read_text())["args"]["loss"] == "ns"
