@@ -135,7 +135,7 @@ class ToyConfig:
     lr_d: float = 3e-3
     betas: tuple[float, float] = (0.5, 0.9)  # Adam betas of the critic
     g_betas: tuple[float, float] | None = None  # of the generator; None: same as betas
-    warmup: float = 0.1  # fraction of steps over which the lr rises linearly from 0
+    warmup: float = 0.2  # fraction of steps over which the lr rises linearly from 0
     decay_start: float = 0.3  # fraction of steps after which the lr decays linearly to 0
     decay_d: bool = True  # decay the critic's lr too (else only the generator's)
     ema: float = 0.99  # generator weight EMA used for evaluation; 0 disables it
