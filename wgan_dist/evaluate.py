@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from .generate import load_generator, sample
+    from .models import classes_in_turn
     from .metrics import evaluate_samples, get_or_train_classifier, load_shard_tensors
 
     try:
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # A conditional generator draws the classes in turn; the classifier's accuracy is then
     # measured against those requested labels (cls_acc).
-    fake_labels = torch.arange(args.num) % g.num_classes if g.num_classes else None
+    fake_labels = classes_in_turn(args.num, g.num_classes)
     fake = sample(g, args.num, seed=args.seed, labels=fake_labels)
     classifier = None
     if args.classifier:

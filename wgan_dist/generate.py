@@ -23,7 +23,7 @@ from torchvision.utils import make_grid, save_image
 
 from .checkpoint import load_checkpoint, load_module_state
 from .config import config_from_dict
-from .models import GeneratorBase, build_models
+from .models import GeneratorBase, build_models, classes_in_turn
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu",
@@ -64,8 +64,8 @@ def sample(g: GeneratorBase, num: int, seed: int = 0, batch: int = 256,
     (default: the classes in turn, 0, 1, ..., K-1, 0, ...)."""
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(num, g.latent_dim, generator=gen)
-    if labels is None and g.num_classes:
-        labels = torch.arange(num) % g.num_classes
+    if labels is None:
+        labels = classes_in_turn(num, g.num_classes)
     return _run(g, z, labels, batch)
 
 
@@ -89,8 +89,8 @@ def interpolate(g: GeneratorBase, rows: int, steps: int = 10, seed: int = 0,
     # slerp: Gaussian latents live near a sphere; linear paths pass through its low-norm inside.
     omega = torch.acos((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).clamp(min=1e-6).view(rows, 1, 1)
     z = (torch.sin((1 - t) * omega) * a[:, None] + torch.sin(t * omega) * b[:, None]) / torch.sin(omega)
-    if labels is None and g.num_classes:
-        labels = torch.arange(rows) % g.num_classes
+    if labels is None:
+        labels = classes_in_turn(rows, g.num_classes)
     y = None if labels is None else labels.repeat_interleave(steps)
     return _run(g, z.reshape(rows * steps, -1), y, batch=rows * steps)
 

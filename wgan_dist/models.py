@@ -88,8 +88,15 @@ class GeneratorBase(nn.Module):
         if y is None:
             # Label-agnostic callers (metrics, diversity checks) get the classes in turn:
             # balanced and deterministic.
-            y = torch.arange(z.shape[0], device=z.device) % self.num_classes
+            y = classes_in_turn(z.shape[0], self.num_classes, z.device)
         return torch.cat([z, self.embed(y).to(z.dtype)], dim=1)
+
+
+def classes_in_turn(n: int, num_classes: int,
+                    device: torch.device | str | None = None) -> torch.Tensor | None:
+    """Labels 0, 1, ..., K-1, 0, 1, ... for n samples (None for an unconditional model): how
+    label-agnostic callers (metrics, diversity checks, sample sets) draw a conditional model."""
+    return torch.arange(n, device=device) % num_classes if num_classes else None
 
 
 class CriticBase(nn.Module):

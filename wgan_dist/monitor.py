@@ -19,6 +19,7 @@ from accelerate import Accelerator
 
 from . import dist
 from .config import Config
+from .models import classes_in_turn
 
 
 class QualityMonitor:
@@ -94,18 +95,13 @@ class QualityMonitor:
         per = -(-num // world)
         z = torch.randn(per * world, self.cfg.model.latent_dim,
                         generator=dist.generator_for(torch.device("cpu"), self.cfg.train.seed, seed_tag))
-        k = self.cfg.model.num_classes if self.cfg.model.conditional else 0
-        y = torch.arange(per * world) % k if k else None
+        y = classes_in_turn(per * world, self.cfg.model.num_classes if self.cfg.model.conditional else 0)
         mine = slice(rank * per, (rank + 1) * per)
         z_mine = z[mine].to(self.acc.device)
         y_mine = y[mine].to(self.acc.device) if y is not None else None
-        parts = []
-        for i in range(0, per, 256):
-            if y_mine is None:
-                parts.append(generator(z_mine[i:i + 256]).float())
-            else:
-                parts.append(generator(z_mine[i:i + 256], y_mine[i:i + 256]).float())
-        fake = self.acc.gather(torch.cat(parts))[:num].cpu()
+        fake = torch.cat([generator(z_mine[i:i + 256], None if y_mine is None else y_mine[i:i + 256]).float()
+                          for i in range(0, per, 256)])
+        fake = self.acc.gather(fake)[:num].cpu()
         return fake, (y[:num] if y is not None else None)
 
     def evaluate(self, generator: torch.nn.Module, step: int, nimg: int) -> dict[str, float]:
