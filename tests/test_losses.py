@@ -55,6 +55,24 @@ def test_quadratic_critic_penalty_matches_closed_form():
     assert gp.item() == pytest.approx(7.0 * ((grad_norm - 1) ** 2).mean().item(), rel=1e-9)
 
 
+def test_one_sided_penalty_only_charges_slopes_above_one():
+    # Quadratic critic again: the interpolates' norms straddle 1, so both cases occur.
+    g = torch.Generator().manual_seed(4)
+    a = torch.eye(6, dtype=torch.float64) * 0.8
+    critic = lambda x: 0.5 * torch.einsum("bi,ij,bj->b", x, a, x)
+    x = 0.5 * torch.randn(64, 6, generator=g, dtype=torch.float64)
+    norms = losses.penalty_gradient_norms(critic, x)
+    n = (x @ a).norm(dim=1)
+    assert (n < 1).any() and (n > 1).any()
+    lp = losses.gradient_penalty(norms, 3.0, one_sided=True)
+    assert lp.item() == pytest.approx(3.0 * ((n - 1).clamp(min=0) ** 2).mean().item(), rel=1e-9)
+    assert 0 < lp.item() < losses.gradient_penalty(norms, 3.0).item()
+    # All slopes below one: no penalty at all (the two-sided one would still charge them).
+    flat = losses.penalty_gradient_norms(critic, x / (10 * n.max()))
+    assert losses.gradient_penalty(flat, 3.0, one_sided=True).item() == 0.0
+    assert losses.gradient_penalty(flat, 3.0).item() > 2.0
+
+
 def test_penalty_is_differentiable_with_respect_to_critic_parameters():
     # The double backward must reach the critic's weights: d/dw of 10 (||w|| - 1)^2.
     w = torch.tensor([[3.0, 4.0]], dtype=torch.float64, requires_grad=True)

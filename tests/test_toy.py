@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from wgan_dist.toy import mode_centres, mode_std, run_toy, sample_real, toy_metrics
+from wgan_dist.toy import (ToyConfig, jacobian_norms, jbt_latents, mode_centres, mode_std,
+                           run_toy, sample_real, toy_metrics)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,6 +86,34 @@ def test_swissroll_metric_orders_real_below_noise() -> None:
     assert real["real_to_fake"] < noise["real_to_fake"]
 
 
+def test_jacobian_norms_are_exact() -> None:
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(2, 2)
+    z = torch.randn(50, 2)
+    assert torch.allclose(jacobian_norms(lin, z), lin.weight.norm().expand(50), rtol=1e-6)
+    mlp = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    for zi, n in zip(z[:5], jacobian_norms(mlp, z[:5])):
+        j = torch.autograd.functional.jacobian(lambda v: mlp(v[None])[0], zi)
+        assert n.item() == pytest.approx(j.norm().item(), rel=1e-5)
+
+
+class _Cubic(torch.nn.Module):
+    """G(z) = (z0^3 / 3, z1): ||dG/dz||_F = sqrt(z0^4 + 1), increasing in |z0|."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.stack([z[:, 0] ** 3 / 3, z[:, 1]], dim=1)
+
+
+def test_jbt_keeps_the_flattest_latents() -> None:
+    # Rejecting 20 % of N(0, 1) draws by |z0| keeps |z0| <= 1.2816 (the 90 % two-sided
+    # quantile); the calibration quantile comes from 10,000 draws, hence the tolerance.
+    z = jbt_latents(_Cubic(), 4000, 0.2, ToyConfig(), torch.Generator().manual_seed(0))
+    assert z.shape == (4000, 2)
+    assert z[:, 0].abs().max().item() == pytest.approx(1.2816, abs=0.04)
+    assert (z[:, 0].abs() > 1.1).float().mean().item() > 0.02  # kept right up to the cut
+    assert z[:, 1].abs().max().item() > 3.0  # the flat direction is not truncated
+
+
 def test_short_training_improves_coverage_and_writes_files(tmp_path: Path) -> None:
     # nn.Linear's default init makes the untrained generator a tiny blob near the origin,
     # which covers no grid mode; 300 cheap steps spread it over some modes (seeds 0-3 all
@@ -97,6 +126,8 @@ def test_short_training_improves_coverage_and_writes_files(tmp_path: Path) -> No
     assert r["hq"] > r["initial"]["hq"]
     pts = np.load(tmp_path / "grid_seed0.npy")
     assert pts.shape == (2500, 2) and np.isfinite(pts).all()
+    assert np.load(tmp_path / "grid_seed0_jbt.npy").shape == (2500, 2)
+    assert r["jbt"]["reject"] == 0.1 and r["jbt"]["n"] == 2500 and 0 <= r["jbt"]["hq"] <= 1
     png = tmp_path / "grid_seed0.png"
     assert png.stat().st_size > 0
     from PIL import Image
@@ -132,6 +163,8 @@ def test_cli_tiny(tmp_path: Path) -> None:
             assert (out / f"{ds}_seed{k}.npy").exists()
             assert (out / f"{ds}_seed{k}.png").exists()
     assert set(res["datasets"]["ring"]["summary"]) >= {"modes", "hq", "reverse_kl"}
+    assert set(res["datasets"]["grid"]["summary_jbt"]) == {"modes", "hq", "reverse_kl"}
+    assert "JBT mean±se" in proc.stdout
 
 
 def test_cli_ns_baseline(tmp_path: Path) -> None:

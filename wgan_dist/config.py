@@ -78,6 +78,9 @@ class LossConfig:
     """wgan-gp (Gulrajani et al.) or ns (the non-saturating DCGAN loss, the seeds' baseline)."""
     gp_weight: float = 10.0
     """lambda of the gradient penalty (0 disables it)."""
+    one_sided: bool = False
+    """Penalise only gradient norms above 1 (the Lipschitz penalty, WGAN-LP, Petzka et al.,
+    2018) instead of every deviation from 1."""
     drift_weight: float = 0.0
     """epsilon_drift * E[D(real)^2] (Karras et al. use 1e-3); 0 disables it."""
     ac_weight: float = 1.0

@@ -84,13 +84,19 @@ def penalty_gradient_norms(
     return torch.sqrt(grad.square().sum(dim=1) + NORM_EPS)
 
 
-def gradient_penalty(grad_norms: Tensor, weight: float = 10.0) -> Tensor:
+def gradient_penalty(grad_norms: Tensor, weight: float = 10.0, one_sided: bool = False) -> Tensor:
     """weight * E[(||grad D(x_hat)|| - 1)^2] (Gulrajani et al., 2017), in fp32.
 
+    ``one_sided``: penalise only norms above 1, weight * E[max(0, ||grad D|| - 1)^2] (the
+    Lipschitz penalty, WGAN-LP, Petzka et al., 2018): the critic may be flatter than unit
+    slope, e.g. where real and fake samples already overlap.
     The mean is over the local batch; under DDP the gradient all-reduce averages it over the
     global batch, exactly as one process with the whole batch would.
     """
-    return weight * (_f32(grad_norms) - 1.0).square().mean()
+    excess = _f32(grad_norms) - 1.0
+    if one_sided:
+        excess = excess.clamp(min=0.0)
+    return weight * excess.square().mean()
 
 
 def classification_loss(logits: Tensor, labels: Tensor) -> Tensor:

@@ -90,7 +90,7 @@ def critic_phase(
         base = penalty_critic or critic
         score = base if y_real is None else (lambda x: base(x, y_real))
         norms = losses.penalty_gradient_norms(score, losses.interpolate(real, fake, alpha), scale)
-        gp = losses.gradient_penalty(norms, cfg.gp_weight)
+        gp = losses.gradient_penalty(norms, cfg.gp_weight, cfg.one_sided)
         loss = loss + gp
         stats["gradient_penalty"] = gp.detach()
         stats["grad_norm_mean"] = norms.detach().mean()
