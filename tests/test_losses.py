@@ -124,3 +124,19 @@ def test_interpolate_endpoints():
     out = losses.interpolate(real, fake, torch.tensor([0.0, 0.5, 1.0]))
     assert torch.equal(out[0], fake[0]) and torch.equal(out[2], real[2])
     assert torch.allclose(out[1], torch.zeros(1, 2, 2))
+
+
+def test_config_one_sided_reaches_the_image_objective():
+    """loss.one_sided=true: the critic phase charges only slopes above 1 (a linear critic
+    with ||w|| = 0.5 pays nothing one-sided, 10 * 0.25 two-sided)."""
+    from wgan_dist.config import LossConfig
+    from wgan_dist.objective import critic_phase
+
+    w = torch.full((1, 1, 2, 2), 0.25, dtype=torch.float64)  # ||w|| = 0.5
+    critic = lambda x: (x * w).flatten(1).sum(1)
+    real, fake = torch.randn(4, 1, 2, 2, dtype=torch.float64), torch.randn(4, 1, 2, 2, dtype=torch.float64)
+    alpha = torch.rand(4, dtype=torch.float64)
+    _, two = critic_phase(critic, real, fake, alpha, LossConfig(gp_weight=10.0))
+    _, one = critic_phase(critic, real, fake, alpha, LossConfig(gp_weight=10.0, one_sided=True))
+    assert float(two["gradient_penalty"]) == pytest.approx(2.5, rel=1e-6)
+    assert float(one["gradient_penalty"]) == 0.0
