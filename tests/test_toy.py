@@ -112,6 +112,8 @@ def test_jbt_keeps_the_flattest_latents() -> None:
     assert z[:, 0].abs().max().item() == pytest.approx(1.2816, abs=0.04)
     assert (z[:, 0].abs() > 1.1).float().mean().item() > 0.02  # kept right up to the cut
     assert z[:, 1].abs().max().item() > 3.0  # the flat direction is not truncated
+    with pytest.raises(ValueError, match="reject"):
+        run_toy("ring", 0, 1, reject=1.0)
 
 
 def test_short_training_improves_coverage_and_writes_files(tmp_path: Path) -> None:
