@@ -1,8 +1,8 @@
 """The 2-D toy benchmark: ring, grid and swiss roll, with PacGAN's mode metrics.
 
-It trains a small MLP generator against an MLP critic with the *same* loss functions the
-image trainer uses (``wgan_dist.losses``), so a regression in the objective shows up here in
-seconds on a CPU. Datasets and metrics follow PacGAN (Lin et al., 2018, Sec. 5.1):
+It trains a small MLP generator against an MLP critic with the image trainer's own objective
+(``objective.critic_phase`` / ``generator_phase``), so a regression in the objective shows up
+here in seconds on a CPU. Datasets and metrics follow PacGAN (Lin et al., 2018, Sec. 5.1):
 
 * ring: 8 Gaussians, means (cos 2*pi*i/8, sin 2*pi*i/8), std 0.01;
 * grid: 25 Gaussians, means {-4,-2,0,2,4}^2, std 0.05;
@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from wgan_dist import losses
+from wgan_dist import objective
+from wgan_dist.config import LossConfig
 
 DATASETS = ("ring", "grid", "swissroll")
 N_EVAL = 2500  # PacGAN's number of generated samples per evaluation
@@ -187,22 +188,6 @@ def _lr_factor(step: int, steps: int, decay_start: float, warmup: float = 0.0) -
     return max(0.0, 1.0 - (step - start) / max(steps - start, 1))
 
 
-def _critic_step(critic: nn.Module, fake: torch.Tensor, real: torch.Tensor, loss: str,
-                 cfg: ToyConfig, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-    """The critic's objective on one batch (all terms from ``wgan_dist.losses``) + stats."""
-    # One forward for real and fake: half the kernel launches of two.
-    out = critic(torch.cat([real, fake])).squeeze(1)
-    d_real, d_fake = out[: len(real)], out[len(real):]
-    if loss == "ns":
-        return losses.ns_critic_loss(d_real, d_fake), {"w": float("nan"), "gp": 0.0}
-    alpha = torch.rand(len(real), generator=gen)
-    x_hat = losses.interpolate(real, fake, alpha)
-    norms = losses.penalty_gradient_norms(lambda x: critic(x).squeeze(1), x_hat)
-    gp = losses.gradient_penalty(norms, cfg.gp_weight, cfg.one_sided)
-    w = losses.wasserstein_estimate(d_real.detach(), d_fake.detach())
-    return losses.critic_loss(d_real, d_fake) + gp, {"w": float(w), "gp": float(gp.detach())}
-
-
 def sample_latent(n: int, cfg: ToyConfig, gen: torch.Generator) -> torch.Tensor:
     """n generator inputs z ~ N(0, I_latent_dim)."""
     return torch.randn(n, cfg.latent_dim, generator=gen)
@@ -288,7 +273,11 @@ def run_toy(dataset: str, seed: int, steps: int, out_dir: str | None = None,
         ema_params = list(g_ema.parameters())
         z_eval = sample_latent(N_EVAL, cfg, torch.Generator().manual_seed(seed))
         initial = toy_metrics(_generate(g, z_eval, scale), dataset)
-        last: dict[str, float] = {}
+        # The image trainer's objective, term for term (ns: no penalty).
+        loss_cfg = LossConfig(kind=loss, gp_weight=cfg.gp_weight if loss == "wgan-gp" else 0.0,
+                              one_sided=cfg.one_sided)
+        critic = lambda x: d(x).squeeze(1)  # noqa: E731 -- (B, 1) -> (B,)
+        last: dict[str, torch.Tensor] = {}
         for step in range(steps):
             f = _lr_factor(step, steps, cfg.decay_start, cfg.warmup)
             for group in opt_g.param_groups:
@@ -301,16 +290,16 @@ def run_toy(dataset: str, seed: int, steps: int, out_dir: str | None = None,
                 real = sample_real(dataset, cfg.batch, gen) / scale
                 with torch.no_grad():
                     fake = g(sample_latent(cfg.batch, cfg, gen))
-                d_loss, stats = _critic_step(d, fake, real, loss, cfg, gen)
+                alpha = torch.rand(len(real), generator=gen) if loss_cfg.gp_weight else None
+                d_loss, stats = objective.critic_phase(critic, real, fake, alpha, loss_cfg)
                 opt_d.zero_grad(set_to_none=True)
                 d_loss.backward()
                 opt_d.step()
             # The critic is frozen for the generator step: its gradients would be discarded.
             for p in d_params:
                 p.requires_grad_(False)
-            d_fake = d(g(sample_latent(cfg.g_batch or cfg.batch, cfg, gen))).squeeze(1)
-            g_loss = (losses.generator_loss(d_fake) if loss == "wgan-gp"
-                      else losses.ns_generator_loss(d_fake))
+            g_loss, _ = objective.generator_phase(
+                critic, g(sample_latent(cfg.g_batch or cfg.batch, cfg, gen)), loss_cfg)
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             opt_g.step()
@@ -319,7 +308,9 @@ def run_toy(dataset: str, seed: int, steps: int, out_dir: str | None = None,
                     # Bias-corrected warm-up: early on the EMA would mostly be the init.
                     beta = min(cfg.ema, (1.0 + step) / (10.0 + step))
                     torch._foreach_lerp_(ema_params, g_params, 1.0 - beta)
-            last = {"w": stats["w"], "gp": stats["gp"], "g_loss": float(g_loss.detach())}
+            last = {"w": stats["wasserstein"], "g_loss": g_loss.detach()}
+            if "gradient_penalty" in stats:
+                last["gp"] = stats["gradient_penalty"]
             if log_every and (step + 1) % log_every == 0:
                 m = toy_metrics(_generate(g_ema, z_eval, scale), dataset)
                 raw = toy_metrics(_generate(g, z_eval, scale), dataset).get("hq", float("nan"))
@@ -346,7 +337,8 @@ def run_toy(dataset: str, seed: int, steps: int, out_dir: str | None = None,
     finally:
         torch.set_num_threads(prev_threads)
     return {"dataset": dataset, "seed": seed, "steps": steps, "loss": loss, **metrics, "jbt": jbt,
-            "initial": initial, "train": last, "train_seconds": train_s,
+            "initial": initial, "train": {k: float(v) for k, v in last.items()},
+            "train_seconds": train_s,
             "seconds": time.perf_counter() - t0, "config": asdict(cfg)}
 
 
