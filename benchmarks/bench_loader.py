@@ -7,9 +7,9 @@ For each resolution (28 px grayscale like QuickDraw, 64 and 128 px RGB like Cele
 built-in sketches are written as shard sets (png and raw uint8) and, with the very same PNG
 bytes, as an image folder. Each round measures, interleaved:
 
-- bound:        the same encoded bytes decoded in a tight loop by ``data.decode_sample`` (our
+- bound:        the same encoded bytes decoded in a tight loop by ``data.pipeline.decode_sample`` (our
                 decoder), in W processes at once, no pipeline: what W cores can decode;
-- pipeline:     ``data.make_loader`` with W workers (tar reading, shuffle buffer, flips,
+- pipeline:     ``data.pipeline.make_loader`` with W workers (tar reading, shuffle buffer, flips,
                 decode, batching, the hand-over to the training process);
 - ImageFolder:  torchvision ``ImageFolder`` + ``DataLoader`` (W workers, shuffle, batch 64)
                 over the PNG files, decoded by PIL to the same uint8 tensors.
@@ -35,8 +35,8 @@ from _common import OUT_DIR, cpu_seconds, interleave, median, paired_ratio, spre
 
 import torch  # noqa: E402  (after _common put the repo on sys.path)
 
-from wgan_dist import data  # noqa: E402
-from wgan_dist.shard import write_shards  # noqa: E402
+from wgan_dist.data import pipeline as data  # noqa: E402
+from wgan_dist.data.write import write_shards  # noqa: E402
 
 BATCH = 64
 DATA_DIR = OUT_DIR / "data"
@@ -65,7 +65,7 @@ def image_folder(png_dir: Path) -> Path:
     """The PNG shard set's samples as files, class/key.png: the same bytes ImageFolder reads."""
     out = png_dir.with_name(png_dir.name.replace("-png-", "-folder-"))
     if not (out / ".complete").is_file():
-        for s in data.read_tar(iter({"url": u} for u in urls_of(png_dir))):
+        for s in data.read_tar()(iter({"url": u} for u in urls_of(png_dir))):
             cls = out / f"class{int(s['cls']):02d}"
             cls.mkdir(parents=True, exist_ok=True)
             (cls / f"{s['__key__']}.png").write_bytes(s["png"])
@@ -129,10 +129,11 @@ def loader_rate(make_iter, batches: int, shutdown=None) -> dict:
     return {"img_s": n / wall, "img_cpu_s": (n + first) / (cpu_seconds() - cpu0)}
 
 
-def pipeline_rate(urls: list[str], res: int, workers: int, batches: int) -> dict:
+def pipeline_rate(urls: list[str], res: int, workers: int, batches: int,
+                  fast_tar: bool = True) -> dict:
     loader = data.make_loader(urls, rank=0, world=1, seed=0, batch_size=BATCH, resolution=res,
                               channels=CHANNELS[res], num_batches=batches, workers=workers,
-                              shuffle_buffer=1000)
+                              shuffle_buffer=1000, fast_tar=fast_tar)
     return loader_rate(lambda: iter(loader), batches)
 
 
@@ -175,7 +176,7 @@ def stage_costs(urls: list[str], res: int, images: int, repeats: int) -> dict[st
     for comparison. Medians of ``repeats`` interleaved rounds."""
     import webdataset as wds
 
-    read = [data.shard_stream(urls, 0, 1, 0), data.read_tar]
+    read = [data.shard_stream(urls, 0, 1, 0), data.read_tar()]
     mid = [data.shuffle(1000, 0, 0), data.draw_flips(False, 0, 0), data.skip_consumed(0, BATCH)]
     decode = [wds.map(data.decode_sample(res, CHANNELS[res]))]
     batch = [wds.batched(BATCH, collation_fn=data.collate, partial=False)]
@@ -262,13 +263,33 @@ def memory_over_epochs(urls: list[str], res: int, total: int, epochs: int, worke
             "pss_growth_first_to_last": pss[-1] / pss[0] - 1}
 
 
+# ---------------------------------------------------------------------------------- reader
+def bench_reader(per_class: int, repeats: int, seconds: float) -> dict:
+    """Images/s into the training process at 28 px (png, 1 worker, the whole pipeline) with
+    the format module's mmap tar reader against webdataset's ``tarfile_to_samples``: the
+    figure that decides whether our reader stays (it must be >= 1.5x)."""
+    urls = urls_of(shard_set(28, "png", per_class))
+    nb = max(20, math.ceil(4000 * seconds / BATCH))
+    runs = interleave({"mmap": lambda: pipeline_rate(urls, 28, 1, nb, True),
+                       "webdataset": lambda: pipeline_rate(urls, 28, 1, nb, False)}, repeats)
+    out = {}
+    for unit in ("img_s", "img_cpu_s"):
+        a, b = [r[unit] for r in runs["mmap"]], [r[unit] for r in runs["webdataset"]]
+        out.update({f"mmap_{unit}": median(a), f"webdataset_{unit}": median(b),
+                    f"ratio_{unit}": paired_ratio(a, b)})
+    print(f"tar reader, 28 px png, 1 worker, images/s into the trainer: mmap {out['mmap_img_s']:.0f}, "
+          f"webdataset {out['webdataset_img_s']:.0f}; ratio mmap/webdataset {out['ratio_img_s']:.2f} "
+          f"wall, {out['ratio_img_cpu_s']:.2f} per CPU-second")
+    return out
+
+
 # ---------------------------------------------------------------------------------- main
 def bench_resolution(res: int, per_class: int, workers_list: list[int], repeats: int,
                      seconds: float) -> list[dict]:
     png, raw = shard_set(res, "png", per_class), shard_set(res, "raw", per_class)
     folder = image_folder(png)
     urls = {"png": urls_of(png), "raw": urls_of(raw)}
-    samples = {enc: list(data.read_tar(iter({"url": u} for u in urls[enc]))) for enc in urls}
+    samples = {enc: list(data.read_tar()(iter({"url": u} for u in urls[enc]))) for enc in urls}
     # Size each pipeline run from a short decode rate: about `seconds` of reading.
     guess = {enc: bound_rate(samples[enc], res, 1, 0.3)["img_s"] for enc in urls}
     cases = {}
@@ -310,11 +331,18 @@ def main() -> None:
     p.add_argument("--resolutions", type=int, nargs="+", default=[28, 64, 128])
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 3)")
+    p.add_argument("--reader-only", action="store_true",
+                   help="only the tar reader comparison (mmap vs webdataset, 28 px)")
     a = p.parse_args()
     per_class = 125 if a.quick else 250  # 8 classes
     repeats = a.repeats or (2 if a.quick else 3)
     seconds = 1.5 if a.quick else 2.0
     torch.set_num_threads(1)  # the training process does little here; keep it off the workers' cores
+    print("tar reader: mmap scanner vs webdataset's, end to end at 28 px ...", flush=True)
+    reader = bench_reader(per_class, max(repeats, 3), seconds)
+    if a.reader_only:
+        write_result("bench_loader_reader", reader)
+        return
     rows = []
     for res in a.resolutions:
         rows += bench_resolution(res, per_class, a.workers, repeats, seconds)
@@ -352,7 +380,7 @@ def main() -> None:
         print(f"  {k:<55}" + "".join(f"{stages[res][k]:10.1f}" for res in stages))
     write_result("bench_loader", {"quick": a.quick, "repeats": repeats, "seconds_per_case": seconds,
                                   "batch": BATCH, "rows": rows, "stage_cpu_us_per_image": stages,
-                                  "memory": mem})
+                                  "memory": mem, "reader": reader})
 
 
 if __name__ == "__main__":

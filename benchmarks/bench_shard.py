@@ -26,7 +26,7 @@ from pathlib import Path
 
 from _common import OUT_DIR, column, cpu_seconds, interleave, median, paired_ratio, spread, write_result
 
-from wgan_dist.shard import write_shards  # noqa: E402
+from wgan_dist.data.write import write_shards  # noqa: E402
 
 
 def folder_source(count: int) -> Path:

@@ -14,7 +14,7 @@ barriers wait for a thread the OS has descheduled).
    (every 100 by default: with N = 25, four times the default rate), the end-of-run evaluation
    (eval.num 256 here) and checkpoint -- against ``plain_wgan_gp`` below: the same models,
    batch, device and per-step computation, reading batches from the same
-   ``data.make_loader``, and nothing else. Interleaved rounds; ratios are medians of the
+   ``data.pipeline.make_loader``, and nothing else. Interleaved rounds; ratios are medians of the
    per-round ratios. "steady" leaves out the end-of-run evaluation and checkpoint (once per
    run, not per step); "full" keeps them. The trainer's parts are timed in place, so the
    difference is accounted for. A third loop reads pre-loaded batches: what loading costs.
@@ -38,9 +38,9 @@ from _common import (OUT_DIR, column, cpu_seconds, interleave, median, paired_ra
 
 import torch  # noqa: E402
 
-from wgan_dist import data  # noqa: E402
+from wgan_dist.data import pipeline as data  # noqa: E402
 from wgan_dist.config import load_config  # noqa: E402
-from wgan_dist.models import build_models  # noqa: E402
+from wgan_dist.nets import build_models  # noqa: E402
 
 
 # ------------------------------------------------------------------------ the plain loop
@@ -77,11 +77,11 @@ def plain_wgan_gp(G, D, batches: Iterator, steps: int, *, n_critic: int, batch: 
 
 # ------------------------------------------------------------------------ helpers
 def new_trainer(run_name: str, extra: dict[str, Any], steps: int, width: int):
-    from accelerate.state import AcceleratorState
+    from wgan_dist.compat import reset_accelerator_state
 
-    from wgan_dist.trainer import Trainer
+    from wgan_dist.training.trainer import Trainer
 
-    AcceleratorState._reset_state(reset_partial_state=True)
+    reset_accelerator_state()
     values = {"data.cache_dir": str(OUT_DIR / "data"), "data.builtin_per_class": 250,
               "model.g_width": width, "model.d_width": width, "eval.num": 256,
               "train.steps": steps, "log.run_dir": str(OUT_DIR / run_name), **extra}
@@ -137,10 +137,13 @@ class Clock:
 def instrument(trainer) -> Clock:
     clock = Clock()
     clock.wrap_batches(trainer)
-    for attr, name in [("_draw", "noise draws"), ("_accumulate", "stat accumulation"),
-                       ("_found_inf", "non-finite check"), ("_tick", "tick: reduce + log"),
-                       ("sample", "sample grid"), ("save", "checkpoint")]:
+    for attr, name in [("sample", "sample grid"), ("save", "checkpoint")]:
         clock.wrap(trainer, attr, name)
+    for attr, name in [("critic", "noise draws"), ("generator", "noise draws")]:
+        clock.wrap(trainer.draws, attr, name)
+    for attr, name in [("add", "stat accumulation"), ("tick", "tick: reduce + log")]:
+        clock.wrap(trainer.logbook, attr, name)
+    clock.wrap(trainer.steps, "found_inf", "non-finite check")
     clock.wrap(trainer.ema, "update", "EMA update")
     for attr, name in [("check_diversity", "tick: diversity check"),
                        ("gp_visuals", "sample: penalty visuals"), ("evaluate", "end: evaluation")]:

@@ -30,7 +30,7 @@ from torch.utils.flop_counter import flop_registry
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from wgan_dist.config import LossConfig, load_config  # noqa: E402
-from wgan_dist.models import build_models, count_params  # noqa: E402
+from wgan_dist.nets import build_models, count_params  # noqa: E402
 from wgan_dist.objective import critic_phase, generator_phase  # noqa: E402
 
 # Stated hardware assumptions (per GPU / per link), not measurements.

@@ -27,7 +27,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from wgan_dist import dist  # noqa: E402
+from wgan_dist import ranks as dist  # noqa: E402
 from wgan_dist.config import load_config  # noqa: E402
 
 ITERS = 3
@@ -103,7 +103,7 @@ def main() -> int:
     cfg = load_config(None, sys.argv[4:])
     if scenario == "fp16":
         install_cpu_fp16()
-    from wgan_dist.trainer import Trainer
+    from wgan_dist.training.trainer import Trainer
 
     t = Trainer(cfg)
     # The Accelerate CPU trap would give 1 here in every process: check the real group.
@@ -114,11 +114,11 @@ def main() -> int:
     n_critic, latent = cfg.optim.n_critic, cfg.model.latent_dim
     last = rank == world - 1
     rec: dict = {"rank": rank, "world": world, "grads_D": [], "grads_G": [], "params": []}
-    record_grads(t.opt_d, t.D_raw, rec["grads_D"])
-    record_grads(t.opt_g, t.G_raw, rec["grads_G"])
+    record_grads(t.D.opt, t.D.raw, rec["grads_D"])
+    record_grads(t.G.opt, t.G.raw, rec["grads_G"])
 
     def params() -> dict:
-        return {"G": flat(t.G_raw.parameters()), "D": flat(t.D_raw.parameters())}
+        return {"G": flat(t.G.raw.parameters()), "D": flat(t.D.raw.parameters())}
 
     rec["params"].append(params())
     if scenario in ("equivalence", "overflow"):
@@ -128,9 +128,9 @@ def main() -> int:
             t.generator_step(it["z_g"][mine])
             rec["params"].append(params())
         # The trainer's own noise: a function of (seed, purpose, rank, step, phase).
-        z = t._draw("z_d", b, latent, step=0, phase=0)
+        z = t.draws.noise("z_d", b, latent, step=0, phase=0)
         with torch.no_grad():
-            rec["own_fake"] = t.G_raw(z).detach()
+            rec["own_fake"] = t.G.raw(z).detach()
 
     if scenario in ("overflow", "fp16"):
         g = torch.Generator().manual_seed(99 + rank)  # different data on every rank
@@ -143,7 +143,7 @@ def main() -> int:
             x = real()
             if kind == "loss" and last:
                 x[0] = float("inf")  # one sample on one rank: a non-finite loss there only
-            hook = poison_grad_on(t.D_raw, kind == "grad" and last)
+            hook = poison_grad_on(t.D.raw, kind == "grad" and last)
             before = params()
             scale = t.acc.scaler.get_scale() if t.acc.scaler is not None else None
             stats = t.critic_step(x, z(), alpha())
@@ -154,7 +154,7 @@ def main() -> int:
                            "loss": float(stats["critic_loss"])})
 
         def generator(kind: str) -> None:
-            hook = poison_grad_on(t.G_raw, kind == "grad" and last)
+            hook = poison_grad_on(t.G.raw, kind == "grad" and last)
             before = params()
             stats = t.generator_step(z())
             if hook is not None:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from wgan_dist import dist
+from wgan_dist import ranks as dist
 from wgan_dist.config import load_config
-from wgan_dist.models import Generator
-from wgan_dist.monitor import QualityMonitor
+from wgan_dist.nets import Generator
+from wgan_dist.training.monitor import QualityMonitor
 
 shards, out = sys.argv[1], Path(sys.argv[2])
 cond = sys.argv[3:] == ["cond"]

@@ -17,7 +17,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 @pytest.fixture(scope="session")
 def builtin_shards(tmp_path_factory) -> Path:
     """The built-in sketch dataset, 40 drawings per class, 28 px, in real WebDataset shards."""
-    from wgan_dist.shard import ensure_builtin_shards
+    from wgan_dist.data.write import ensure_builtin_shards
 
     out = tmp_path_factory.mktemp("shards") / "builtin-28px-c1"
     ensure_builtin_shards(str(out), resolution=28, channels=1, per_class=40, seed=0)

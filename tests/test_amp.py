@@ -34,9 +34,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from wgan_dist import losses
+from wgan_dist.objective import losses
 from wgan_dist.config import LossConfig
-from wgan_dist.models import Critic, Generator
+from wgan_dist.nets import Critic, Generator
 from wgan_dist.objective import critic_phase, generator_phase
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -146,7 +146,7 @@ def test_fp16_initial_scale_overflows_the_penalty(nets):
 
 def test_accelerate_fp16_on_cpu_is_fp32(tmp_path):
     """Accelerate 1.15 turns fp16 on a CPU into fp32 without a word; make_accelerator says it."""
-    code = ("from wgan_dist.dist import make_accelerator\n"
+    code = ("from wgan_dist.ranks import make_accelerator\n"
             "import torch\n"
             "acc = make_accelerator('fp16')\n"
             "with acc.autocast():\n"

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wgan_dist import losses
-from wgan_dist.augment import DiffAugment, cutout, parse_policy, translate
+from wgan_dist.objective import losses
+from wgan_dist.nets.augment import DiffAugment, cutout, parse_policy, translate
 from wgan_dist.config import LossConfig
 from wgan_dist.objective import critic_phase, generator_phase
 

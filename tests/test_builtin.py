@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wgan_dist import builtin
-from wgan_dist.builtin import CATEGORIES, make_builtin, render_strokes, save_quickdraw_npy
+from wgan_dist.data import builtin
+from wgan_dist.data.builtin import CATEGORIES, make_builtin, render_strokes, save_quickdraw_npy
 
 
 def test_categories_sorted_and_enough() -> None:

@@ -9,17 +9,18 @@ import subprocess
 import pytest
 import torch
 import yaml
-from accelerate.state import AcceleratorState
+from wgan_dist.compat import reset_accelerator_state
 from torch import nn
 
 from conftest import PY, REPO, tiny_overrides
 from test_train import assert_same_state, run_trainer
-from wgan_dist import checkpoint as ckpt
-from wgan_dist import generate, losses
+from wgan_dist.training import checkpoint as ckpt
+from wgan_dist import generate
+from wgan_dist.objective import losses
 from wgan_dist.config import LossConfig, ModelConfig, load_config
-from wgan_dist.models import CriticBase, GeneratorBase, build_models
+from wgan_dist.nets import CriticBase, GeneratorBase, build_models
 from wgan_dist.objective import critic_phase, generator_phase
-from wgan_dist.trainer import Trainer
+from wgan_dist.training.trainer import Trainer
 
 CLASSES = ["bicycle", "cup", "fish", "house", "star", "sun", "tree", "umbrella"]  # built-in set
 # Conditional, both heads, the critic's classifier on fakes too, DiffAugment: every new draw.
@@ -181,14 +182,14 @@ def test_conditional_needs_labelled_shards(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from wgan_dist.shard import write_shards
+    from wgan_dist.data.write import write_shards
 
     folder = tmp_path / "flat"
     folder.mkdir()
     for i in range(4):
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (28, 28), dtype=np.uint8)).save(folder / f"{i}.png")
     write_shards([str(folder)], str(tmp_path / "shards"), resolution=28, channels=1, progress=False)
-    AcceleratorState._reset_state(reset_partial_state=True)
+    reset_accelerator_state()
     with pytest.raises(ValueError, match="model.conditional=true needs labelled shards"):
         Trainer(load_config(None, tiny_overrides(tmp_path / "shards", tmp_path / "r", **COND)))
 
@@ -206,9 +207,9 @@ def test_sample_grid_has_one_row_per_class(cond_run):
 
     trainer, run = cond_run
     k, cols = len(CLASSES), 16 // len(CLASSES)  # log.grid_size=16 in tiny_overrides
-    assert trainer.grid_cols == cols
-    assert torch.equal(trainer.fixed_y.cpu(), torch.arange(k).repeat_interleave(cols))
-    assert torch.equal(trainer.fixed_z[0], trainer.fixed_z[cols])  # same latents in every row
+    assert trainer.grid.cols == cols
+    assert torch.equal(trainer.grid.y.cpu(), torch.arange(k).repeat_interleave(cols))
+    assert torch.equal(trainer.grid.z[0], trainer.grid.z[cols])  # same latents in every row
     w, h = Image.open(run / "samples" / "step-00000006.png").size
     assert (w, h) == (cols * 30 + 2, k * 30 + 2)  # 28 px tiles, make_grid padding 2
     # the run's config.yaml is the config as run: class count from the manifest

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _distributed import (clean_env, finish, free_port, load_ranks, shard_set,  # noqa: E402,F401
                           start, tiny, worker_cmd)
 
-from wgan_dist import checkpoint as ckpt  # noqa: E402
+from wgan_dist.training import checkpoint as ckpt  # noqa: E402
 from wgan_dist.config import load_config  # noqa: E402
 
 ITERS, N_CRITIC = 3, 2
@@ -147,7 +147,7 @@ def test_deepspeed_launch_is_refused(shard_set, tmp_path, monkeypatch):
     """`accelerate launch --use_deepspeed` sets ACCELERATE_USE_DEEPSPEED=true; the trainer must
     stop with the reason before building anything (on a CPU, Accelerate(cpu=True) would
     otherwise drop DeepSpeed silently and run DDP)."""
-    from wgan_dist.trainer import Trainer
+    from wgan_dist.training.trainer import Trainer
 
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     cfg = load_config(None, tiny(shard_set, tmp_path / "run"))

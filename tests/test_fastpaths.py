@@ -35,20 +35,21 @@ from pathlib import Path
 import pytest
 import torch
 import webdataset as wds
-from accelerate.state import AcceleratorState
+from wgan_dist.compat import reset_accelerator_state
 
 from conftest import tiny_overrides
-from wgan_dist import data
-from wgan_dist import trainer as trainer_mod
+from wgan_dist.data import format as shard_format
+from wgan_dist.data import pipeline as data
+from wgan_dist.training import networks as trainer_mod
 from wgan_dist.config import load_config
-from wgan_dist.trainer import Trainer
+from wgan_dist.training.trainer import Trainer
 
 STEPS = 2
 STAT_KEYS = ("wasserstein", "gradient_penalty", "critic_loss", "generator_loss", "grad_norm_mean")
 
 
 def build(shards: Path, run_dir: Path, **extra) -> Trainer:
-    AcceleratorState._reset_state(reset_partial_state=True)
+    reset_accelerator_state()
     overrides = tiny_overrides(shards, run_dir, **{
         "train.steps": STEPS, "log.tick_every": STEPS, "log.sample_every": 1000,
         "log.ckpt_every": 1000, "eval.num": 32, "eval.gp_visuals": False, **extra})
@@ -59,8 +60,8 @@ def run(shards: Path, run_dir: Path, **extra) -> dict:
     trainer = build(shards, run_dir, **extra)
     stats = trainer.train()
     out = {"stats": {k: stats[k] for k in STAT_KEYS},
-           "G": {k: v.detach().clone() for k, v in trainer.G_raw.state_dict().items()},
-           "D": {k: v.detach().clone() for k, v in trainer.D_raw.state_dict().items()},
+           "G": {k: v.detach().clone() for k, v in trainer.G.raw.state_dict().items()},
+           "D": {k: v.detach().clone() for k, v in trainer.D.raw.state_dict().items()},
            "G_ema": {k: v.detach().clone() for k, v in trainer.ema.model.state_dict().items()},
            "trainer": trainer}
     trainer.close()
@@ -88,7 +89,7 @@ def compare(plain: dict, fast: dict, stat_rtol: float, weight_atol: float) -> No
 
 def test_channels_last_matches_plain(builtin_shards, tmp_path, plain):
     fast = run(builtin_shards, tmp_path, **{"train.channels_last": True})
-    conv = fast["trainer"].D_raw.trunk[0].weight
+    conv = fast["trainer"].D.raw.trunk[0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last)
     compare(plain, fast, stat_rtol=1e-5, weight_atol=1e-6)
 
@@ -96,7 +97,7 @@ def test_channels_last_matches_plain(builtin_shards, tmp_path, plain):
 def test_fused_adam_matches_plain(builtin_shards, tmp_path, plain):
     fast = run(builtin_shards, tmp_path, **{"train.fused_adam": True})
     t = fast["trainer"]
-    assert t.fused_adam and all(g["fused"] for g in t.opt_d.param_groups)  # CPU has it in 2.14
+    assert t.fused_adam and all(g["fused"] for g in t.D.opt.param_groups)  # CPU has it in 2.14
     compare(plain, fast, stat_rtol=1e-5, weight_atol=1e-6)
 
 
@@ -104,7 +105,7 @@ def test_fused_adam_falls_back_with_a_note(builtin_shards, tmp_path, monkeypatch
     monkeypatch.setattr(trainer_mod, "fused_adam_available", lambda device: False)
     t = build(builtin_shards, tmp_path, **{"train.fused_adam": True})
     assert "train.fused_adam" in capsys.readouterr().out and not t.fused_adam
-    assert not any(g["fused"] for g in t.opt_d.param_groups)
+    assert not any(g["fused"] for g in t.D.opt.param_groups)
     t.close()
 
 
@@ -114,13 +115,13 @@ def test_fused_adam_skips_a_non_finite_step_on_the_device(builtin_shards, tmp_pa
     b, latent = t.batch, t.cfg.model.latent_dim
     real = torch.zeros(b, 1, 28, 28)
     t.critic_step(real, torch.randn(b, latent), torch.rand(b))  # one good step: Adam state exists
-    before = {k: v.clone() for k, v in t.D_raw.state_dict().items()}
-    steps = [s["step"].clone() for s in t.opt_d.optimizer.state.values()]
+    before = {k: v.clone() for k, v in t.D.raw.state_dict().items()}
+    steps = [s["step"].clone() for s in t.D.opt.optimizer.state.values()]
     stats = t.critic_step(real.fill_(float("nan")), torch.randn(b, latent), torch.rand(b))
     assert stats["skipped_steps"].item() == 1.0
-    for k, v in t.D_raw.state_dict().items():
+    for k, v in t.D.raw.state_dict().items():
         assert torch.equal(v, before[k]), k
-    assert [s["step"] for s in t.opt_d.optimizer.state.values()] == steps
+    assert [s["step"] for s in t.D.opt.optimizer.state.values()] == steps
     t.close()
 
 
@@ -128,10 +129,10 @@ def test_resume_keeps_this_runs_adam_implementation(builtin_shards, tmp_path, pl
     """A checkpoint of a foreach-Adam run resumed with train.fused_adam=true runs fused Adam
     (load_state_dict alone would copy the old flag back)."""
     path = plain["trainer"].save()
-    AcceleratorState._reset_state(reset_partial_state=True)
+    reset_accelerator_state()
     overrides = tiny_overrides(builtin_shards, tmp_path, **{"train.fused_adam": True})
     t = Trainer(load_config(None, overrides), resume=str(path))
-    assert all(g["fused"] for g in t.opt_g.param_groups + t.opt_d.param_groups)
+    assert all(g["fused"] for g in t.G.opt.param_groups + t.D.opt.param_groups)
     t.close()
 
 
@@ -141,7 +142,7 @@ def test_compile_matches_plain_with_the_penalty_eager(builtin_shards, tmp_path, 
     torch._dynamo.reset()
     fast = run(builtin_shards, tmp_path, **{"train.compile": True})
     t = fast["trainer"]
-    assert t.D_fwd is not t.D and t.G_fwd is not t.G  # compiled callables, eager modules
+    assert t.D.fwd is not t.D.eager and t.G.fwd is not t.G.eager  # compiled callables, eager modules
     assert not any(k.startswith("_orig_mod") for k in fast["G"])  # checkpoint keys unchanged
     compare(plain, fast, stat_rtol=1e-5, weight_atol=1e-6)
 
@@ -149,8 +150,8 @@ def test_compile_matches_plain_with_the_penalty_eager(builtin_shards, tmp_path, 
 def test_compiled_critic_cannot_take_the_penalty():
     """Why the penalty's forward stays eager: if this starts passing, torch learned double
     backward through AOTAutograd and the whole critic can be compiled."""
-    from wgan_dist.losses import penalty_gradient_norms
-    from wgan_dist.models import Critic
+    from wgan_dist.objective.losses import penalty_gradient_norms
+    from wgan_dist.nets import Critic
 
     torch._dynamo.reset()
     critic = torch.compile(Critic(28, 1, 8), backend="aot_eager")
@@ -174,7 +175,7 @@ def _tar(path: Path, members: list[tuple[str, bytes]], fmt=tarfile.USTAR_FORMAT)
 
 
 def _both(urls: list[str]) -> tuple[list[dict], list[dict]]:
-    ours = list(data.read_tar(iter({"url": u} for u in urls)))
+    ours = list(data.read_tar()(iter({"url": u} for u in urls)))
     theirs = list(wds.tarfile_to_samples()(iter({"url": u} for u in urls)))
     return ours, theirs
 
@@ -198,7 +199,7 @@ def test_read_tar_leaves_other_tars_to_webdataset(tmp_path, fmt):
     """Long names written as pax or GNU headers, and a gzip'd tar, go through webdataset."""
     name = "d" * 150 + "/0001.png"  # too long for ustar: an extended header
     url = _tar(tmp_path / "ext.tar", [(name, b"x"), ("0002.png", b"y")], fmt=fmt)
-    assert data._scan_plain_tar(url) is None
+    assert shard_format.scan_plain_tar(url) is None
     ours, theirs = _both([url])
     assert ours == theirs and [s["__key__"] for s in ours] == [name[:-4], "0002"]
     gz = tmp_path / "c.tar.gz"

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from wgan_dist import checkpoint as ckpt
+from wgan_dist.training import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 300  # seconds for one launch; a healthy one takes 15-40 s on a loaded 2-core machine

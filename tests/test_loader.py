@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from wgan_dist import data
+from wgan_dist.data import pipeline as data
+from wgan_dist.data import shardset
 
 
 def _urls(shards: Path) -> list[str]:
-    return data.resolve_shards(str(shards), 28, 1, log=lambda _: None).urls
+    return shardset.resolve_shards(str(shards), 28, 1, log=lambda _: None).urls
 
 
 def _batches(shards: Path, mp_context: str | None, skip: int = 0) -> list[tuple]:

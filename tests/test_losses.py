@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from wgan_dist import losses
+from wgan_dist.objective import losses
 
 
 def _penalty(critic, real, fake, alpha, weight=10.0):

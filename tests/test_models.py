@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from wgan_dist.config import ModelConfig
-from wgan_dist.models import SUPPORTED_RESOLUTIONS, Critic, Generator, build_models
+from wgan_dist.nets import SUPPORTED_RESOLUTIONS, Critic, Generator, build_models
 
 
 @pytest.mark.parametrize("resolution", SUPPORTED_RESOLUTIONS)

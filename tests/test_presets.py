@@ -7,15 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState
+from wgan_dist.compat import reset_accelerator_state
 from torch import nn
 
 from conftest import tiny_overrides
-from wgan_dist import checkpoint as ckpt
+from wgan_dist.training import checkpoint as ckpt
 from wgan_dist.config import CONFIG_DIR, ConfigError, ModelConfig, load_config
-from wgan_dist.models import ARCHITECTURES, SUPPORTED_RESOLUTIONS, build_models
-from wgan_dist.resnet import ResNetCritic, ResNetGenerator
-from wgan_dist.trainer import Trainer
+from wgan_dist.nets import ARCHITECTURES, SUPPORTED_RESOLUTIONS, build_models
+from wgan_dist.nets.resnet import ResNetCritic, ResNetGenerator
+from wgan_dist.training.trainer import Trainer
 
 PRESETS = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 OURS = ["animal_faces_cond64", "celeba128", "celeba64", "dcgan_quickdraw", "quickdraw_bicycle",
@@ -60,7 +60,7 @@ def _rgb_shards(root: Path, resolution: int) -> Path:
     """12 random RGB images in class folders cat/dog/wild, written as a real shard set."""
     from PIL import Image
 
-    from wgan_dist.shard import write_shards
+    from wgan_dist.data.write import write_shards
 
     rng = np.random.default_rng(resolution)
     for cls in ("cat", "dog", "wild"):
@@ -95,7 +95,7 @@ def test_preset_trains_two_steps(name, extra, shards_for, tmp_path):
         "train.batch_size": 4, "train.steps": 2, "optim.n_critic": min(preset.optim.n_critic, 2),
         "data.shuffle_buffer": 12, "log.grid_size": 6, "eval.num": 8, "eval.gp_visuals": False,
         **extra})
-    AcceleratorState._reset_state(reset_partial_state=True)
+    reset_accelerator_state()
     trainer = Trainer(load_config(name, overrides))
     stats = trainer.train()
     trainer.close()
@@ -105,7 +105,7 @@ def test_preset_trains_two_steps(name, extra, shards_for, tmp_path):
     if preset.model.conditional:
         assert state["config"]["model"]["num_classes"] == len(state["class_names"]) > 1
     if preset.data.diffaug:
-        assert trainer.augment is not None and trainer.augment.policy == ("color", "translation", "cutout")
+        assert trainer.draws.augment is not None and trainer.draws.augment.policy == ("color", "translation", "cutout")
 
 
 # ------------------------------------------------------------------ architectures

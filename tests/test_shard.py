@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wgan_dist import builtin, shard, sources
-from wgan_dist.shard import OutputNotEmptyError, decode_image, ensure_builtin_shards, write_shards
-from wgan_dist.sources import ConvertOptions, Record, iter_records
+from wgan_dist.data import builtin, sources
+from wgan_dist.data import write as shard
+from wgan_dist.data.format import decode_image
+from wgan_dist.data.write import OutputNotEmptyError, ensure_builtin_shards, write_shards
+from wgan_dist.data.sources import ConvertOptions, Record, iter_records
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(progress=False)

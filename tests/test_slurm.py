@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from wgan_dist import checkpoint as ckpt
+from wgan_dist.training import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parent.parent
 JOB_TIMEOUT = 420  # seconds per job, requeue included; a healthy one takes 15-70 s
@@ -165,7 +165,7 @@ def test_time_limit_warning_checkpoints_requeues_and_resumes(cluster, builtin_sh
     multinode script signals through srun. One loader worker on the celeba path checks that the
     stop signal does not kill the data pipeline.
     """
-    run, steps = tmp_path / "run", 50
+    run, steps = tmp_path / "run", 200  # long enough that the signal lands mid-run
     env = job_env(builtin_shards, run, steps, overrides={"data.workers": workers,
                                                         "log.ckpt_every": 1000})
     job = submit(script, env, tmp_path)

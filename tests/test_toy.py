@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from wgan_dist.toy import (ToyConfig, jacobian_norms, jbt_latents, mode_centres, mode_std,
+from wgan_dist.toybench import (ToyConfig, jacobian_norms, jbt_latents, mode_centres, mode_std,
                            run_toy, sample_real, toy_metrics)
 
 REPO = Path(__file__).resolve().parents[1]

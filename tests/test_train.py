@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState
+from wgan_dist.compat import reset_accelerator_state
 
 from conftest import PY, REPO, tiny_overrides
-from wgan_dist import checkpoint as ckpt
+from wgan_dist.training import checkpoint as ckpt
 from wgan_dist.config import load_config
-from wgan_dist.trainer import Trainer
+from wgan_dist.training.trainer import Trainer
 
 
 def run_trainer(overrides: list[str], resume: str | None = None, overwrite: bool = False) -> Trainer:
-    AcceleratorState._reset_state(reset_partial_state=True)
+    reset_accelerator_state()
     trainer = Trainer(load_config(None, overrides), resume=resume, overwrite=overwrite)
     trainer.train()
     trainer.close()
@@ -86,10 +86,10 @@ def test_run_dir_outputs_and_tensorboard_events(builtin_shards, tmp_path):
 def test_collapse_alarm_trips_for_a_collapsed_generator(builtin_shards, tmp_path, capsys):
     # A generator whose output ignores z (last layer zeroed, never trained) must trip the alarm
     # within collapse_patience ticks; the healthy tiny run above does not.
-    AcceleratorState._reset_state(reset_partial_state=True)
+    reset_accelerator_state()
     trainer = Trainer(load_config(None, tiny_overrides(builtin_shards, tmp_path / "c", **{
         "optim.lr_g": 0.0, "train.steps": 4, "log.tick_every": 1})))
-    last = trainer.G_raw.blocks[-2]
+    last = trainer.G.raw.blocks[-2]
     torch.nn.init.zeros_(last.weight)
     stats = trainer.train()
     trainer.close()
@@ -118,10 +118,10 @@ def test_checkpoint_is_whole_state_and_loads_weights_only(builtin_shards, tmp_pa
 def test_refuses_to_overwrite_a_run_and_checks_shapes(builtin_shards, tmp_path):
     run = tmp_path / "r"
     run_trainer(tiny_overrides(builtin_shards, run, **{"train.steps": 2, "log.ckpt_every": 2}))
-    AcceleratorState._reset_state(reset_partial_state=True)
+    reset_accelerator_state()
     with pytest.raises(FileExistsError, match="--resume"):
         Trainer(load_config(None, tiny_overrides(builtin_shards, run)))
-    AcceleratorState._reset_state(reset_partial_state=True)
+    reset_accelerator_state()
     with pytest.raises(ValueError, match="does not fit the configured model"):
         Trainer(load_config(None, tiny_overrides(builtin_shards, run, **{"model.g_width": 16})),
                 resume="latest")
@@ -191,7 +191,7 @@ def test_generate_from_checkpoint(builtin_shards, tmp_path):
     assert r.returncode == 0, r.stderr
     assert Image.open(out / "interpolation.png").size[0] > 5 * 28
     # same seed, same images
-    from wgan_dist.generate import load_generator, sample
+    from wgan_dist.training.samples import load_generator, sample
 
     g, meta = load_generator(run)
     assert meta["step"] == 6

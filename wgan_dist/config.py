@@ -279,7 +279,7 @@ def config_from_dict(values: dict[str, Any]) -> Config:
 
 
 def validate(cfg: Config) -> None:
-    from .models import SUPPORTED_RESOLUTIONS
+    from .nets import SUPPORTED_RESOLUTIONS
 
     if cfg.data.resolution not in SUPPORTED_RESOLUTIONS:
         raise ConfigError(
@@ -307,8 +307,8 @@ def validate(cfg: Config) -> None:
 
 def _validate_conditioning(cfg: Config) -> None:
     """Architecture, conditioning and augmentation names (from their registries)."""
-    from .augment import parse_policy
-    from .models import ARCHITECTURES, CONDITIONINGS
+    from .nets.augment import parse_policy
+    from .nets import ARCHITECTURES, CONDITIONINGS
 
     if cfg.model.arch not in ARCHITECTURES:
         raise ConfigError(f"model.arch={cfg.model.arch!r} unknown; available: {', '.join(ARCHITECTURES)}")

@@ -37,42 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
 
-    from .generate import load_generator, sample
-    from .models import classes_in_turn
-    from .metrics import evaluate_samples, get_or_train_classifier, load_shard_tensors
+    from .training.monitor import evaluate_checkpoint
 
     try:
-        g, meta = load_generator(args.checkpoint, args.device, use_ema=not args.no_ema)
-        cfg = meta["config"]
-        data = args.data or cfg.data.shards
-        if data == "builtin":  # the trainer's cache of the built-in set
-            data = f"{cfg.data.cache_dir}/builtin-{cfg.data.resolution}px-c{cfg.data.channels}"
-        if not (Path(data) / "manifest.json").is_file():
-            raise FileNotFoundError(f"{data}: not a shard dir with manifest.json (give --data)")
-        real, labels, _ = load_shard_tensors(data, limit=args.num)
-    except (FileNotFoundError, ValueError) as e:
+        row = evaluate_checkpoint(
+            args.checkpoint, data=args.data, num=args.num, seed=args.seed,
+            use_ema=not args.no_ema, fid=args.fid, inception_weights=args.inception_weights,
+            classifier=args.classifier, classifier_steps=args.classifier_steps,
+            device=args.device)
+    except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    # A conditional generator draws the classes in turn; the classifier's accuracy is then
-    # measured against those requested labels (cls_acc).
-    fake_labels = classes_in_turn(args.num, g.num_classes)
-    fake = sample(g, args.num, seed=args.seed, labels=fake_labels)
-    classifier = None
-    if args.classifier:
-        if labels is None:
-            print(f"error: {data} is unlabelled; --classifier needs class labels", file=sys.stderr)
-            return 2
-        classifier = get_or_train_classifier(data, steps=args.classifier_steps)
-    try:
-        result = evaluate_samples(fake, real, fake_labels=fake_labels, real_labels=labels,
-                                  classifier=classifier,
-                                  fid_features="inception" if args.fid else None,
-                                  inception_weights=args.inception_weights, seed=args.seed)
-    except (FileNotFoundError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    row = {"checkpoint": meta["path"], "step": meta["step"], "kimg": meta["nimg"] / 1000,
-           "num_fake": len(fake), "num_real": len(real), **result}
     text = json.dumps(row, indent=2)
     print(text)
     if args.out:

@@ -21,78 +21,8 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
-from .checkpoint import load_checkpoint, load_module_state
-from .config import config_from_dict
-from .models import GeneratorBase, build_models, classes_in_turn
-
-
-def load_generator(path: str | Path, device: str | torch.device = "cpu",
-                   use_ema: bool = True) -> tuple[GeneratorBase, dict]:
-    """The (EMA) generator of a checkpoint, in eval mode, and the checkpoint's metadata."""
-    state = load_checkpoint(Path(path), map_location="cpu")
-    cfg = config_from_dict(state["config"])
-    g, _ = build_models(cfg.model, cfg.data.resolution, cfg.data.channels)
-    key = "G_ema" if use_ema else "G"
-    load_module_state(g, state[key], "generator", state["path"])
-    meta = {"config": cfg, "class_names": state.get("class_names", []), "step": state["step"],
-            "nimg": state["nimg"], "path": state["path"]}
-    return g.to(device).eval(), meta
-
-
-def class_ids(requested: list[str], class_names: list[str]) -> list[int]:
-    """--class values (each a name or a comma list) -> label indices, in the order given."""
-    names = [n.strip() for item in requested for n in item.split(",") if n.strip()]
-    unknown = [n for n in names if n not in class_names]
-    if unknown:
-        raise ValueError(f"unknown class {', '.join(map(repr, unknown))}; known classes: "
-                         f"{', '.join(class_names)}")
-    return [class_names.index(n) for n in names]
-
-
-@torch.no_grad()
-def _run(g: GeneratorBase, z: torch.Tensor, labels: torch.Tensor | None, batch: int) -> torch.Tensor:
-    device = next(g.parameters()).device
-    return torch.cat([g(z[i:i + batch].to(device),
-                        None if labels is None else labels[i:i + batch].to(device)).float().cpu()
-                      for i in range(0, z.shape[0], batch)])
-
-
-@torch.no_grad()
-def sample(g: GeneratorBase, num: int, seed: int = 0, batch: int = 256,
-           labels: torch.Tensor | None = None) -> torch.Tensor:
-    """num images in [-1, 1], deterministic in seed. A conditional generator draws ``labels``
-    (default: the classes in turn, 0, 1, ..., K-1, 0, ...)."""
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(num, g.latent_dim, generator=gen)
-    if labels is None:
-        labels = classes_in_turn(num, g.num_classes)
-    return _run(g, z, labels, batch)
-
-
-@torch.no_grad()
-def class_grid(g: GeneratorBase, classes: list[int], cols: int = 8, seed: int = 0,
-               batch: int = 256) -> torch.Tensor:
-    """len(classes) rows of ``cols`` images, one row per class, the same latents in every row."""
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(cols, g.latent_dim, generator=gen).repeat(len(classes), 1)
-    return _run(g, z, torch.tensor(classes).repeat_interleave(cols), batch)
-
-
-@torch.no_grad()
-def interpolate(g: GeneratorBase, rows: int, steps: int = 10, seed: int = 0,
-                labels: torch.Tensor | None = None) -> torch.Tensor:
-    """rows strips of `steps` images, each a spherical interpolation between two latents
-    (for a conditional generator, strip r is drawn in class labels[r])."""
-    gen = torch.Generator().manual_seed(seed)
-    a, b = torch.randn(rows, g.latent_dim, generator=gen), torch.randn(rows, g.latent_dim, generator=gen)
-    t = torch.linspace(0, 1, steps).view(1, steps, 1)
-    # slerp: Gaussian latents live near a sphere; linear paths pass through its low-norm inside.
-    omega = torch.acos((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).clamp(min=1e-6).view(rows, 1, 1)
-    z = (torch.sin((1 - t) * omega) * a[:, None] + torch.sin(t * omega) * b[:, None]) / torch.sin(omega)
-    if labels is None:
-        labels = classes_in_turn(rows, g.num_classes)
-    y = None if labels is None else labels.repeat_interleave(steps)
-    return _run(g, z.reshape(rows * steps, -1), y, batch=rows * steps)
+from .nets import GeneratorBase
+from .training.samples import class_grid, class_ids, interpolate, load_generator, sample
 
 
 def _selected_classes(g: GeneratorBase, requested: list[str], per_class_grid: bool,
@@ -109,7 +39,7 @@ def _selected_classes(g: GeneratorBase, requested: list[str], per_class_grid: bo
     return class_ids(requested, meta["class_names"])
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m wgan_dist.generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory (newest)")
@@ -128,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="write ROWS latent interpolation strips instead of samples")
     p.add_argument("--steps", type=int, default=10, help="images per interpolation strip")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         g, meta = load_generator(args.checkpoint, args.device, use_ema=not args.no_ema)
         names = meta["class_names"] or [str(k) for k in range(g.num_classes)]

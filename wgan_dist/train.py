@@ -58,20 +58,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(dump_yaml(cfg), end="")
         return 0
-    from .trainer import Trainer  # heavy imports only when training
+    from .training.trainer import Trainer  # heavy imports only when training
 
     trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
     try:
         trainer.train()
     finally:
         trainer.close()
-    if trainer.acc.is_main_process:
-        run = trainer.run_dir.resolve()
-        print(f"done at step {trainer.step}.\n  samples:     {run / 'samples'}\n"
-              f"  tensorboard: tensorboard --logdir {run / 'logs'}\n"
-              f"  checkpoint:  {run / 'checkpoints'}\n"
-              f"  generate:    python -m wgan_dist.generate --checkpoint {run} --num 64 --out {run / 'generated'}")
+    print_where(trainer)
     return 0
+
+
+def print_where(trainer) -> None:
+    """Where the run's outputs are, and the next command (main process only)."""
+    from .ranks import main_print
+
+    run = trainer.run_dir.resolve()
+    main_print(trainer.acc,
+               f"done at step {trainer.step}.\n  samples:     {run / 'samples'}\n"
+               f"  tensorboard: tensorboard --logdir {run / 'logs'}\n"
+               f"  checkpoint:  {run / 'checkpoints'}\n"
+               f"  generate:    python -m wgan_dist.generate --checkpoint {run} --num 64 --out {run / 'generated'}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Sample-quality metrics: FID/KID, ProGAN SWD, domain-classifier metrics, collapse alarm,
 gradient-penalty visuals. Images are float tensors in [-1, 1], shape (N, C, H, W).
 
-Only ``wgan_dist.losses`` is imported from the rest of the package, so the trainer and the
+Only ``objective.losses`` and ``data.format`` are imported from the rest of the package, so the trainer and the
 ``evaluate`` CLI can both depend on this without cycles.
 """
 from __future__ import annotations

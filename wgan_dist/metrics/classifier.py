@@ -4,27 +4,23 @@ A small CNN is trained on the real shards once and cached, keyed by the sha256 o
 shard set's ``manifest.json`` (which lists every shard's sha256) plus the training
 settings, so every later evaluation of the same data reuses it.
 
-Shard format: ``wgan_dist-shards/1`` (a directory with ``manifest.json`` and
-``shard-*.tar`` WebDataset tars; one ``png`` / ``jpg`` / ``u8`` image and an optional
-``cls`` label per sample).
+Shards are read through ``wgan_dist.data.format`` (the one reader of the shard format).
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
-import tarfile
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
+from ..data.format import (decode_image, file_sha256, image_entry, iter_samples, label_of,
+                           read_manifest, shard_paths)
 from .fid import extract_features, fid_from_features
 
 Tensor = torch.Tensor
@@ -32,43 +28,9 @@ Tensor = torch.Tensor
 ARCH_VERSION = 1  # bump when DomainClassifier changes, so stale caches are not loaded
 CACHE_ENV = "WGAN_DIST_CACHE"
 _TRAIN_BYTES = 2 * 1024**3  # float32 training images held in memory when limit=None
-_IMAGE_EXTS = ("png", "jpg", "jpeg", "u8")
 
 
 # --------------------------------------------------------------------------- shards
-def _decode(ext: str, data: bytes, res: int, channels: int) -> np.ndarray:
-    """One encoded image -> uint8 (H, W, C)."""
-    if ext == "u8":
-        return np.frombuffer(data, dtype=np.uint8).reshape(res, res, channels)
-    with Image.open(io.BytesIO(data)) as im:
-        arr = np.asarray(im.convert("L" if channels == 1 else "RGB"))
-    return arr[..., None] if arr.ndim == 2 else arr
-
-
-def _iter_samples(tar_path: Path, sha256: str | None = None) -> Iterator[dict[str, bytes]]:
-    """Yield ``{ext: bytes}`` per sample key, in the tar's order (a sample's entries are
-    contiguous in WebDataset tars). With ``sha256``, the file is checked first: the shard
-    writer records hashes and leaves verification to readers."""
-    data = tar_path.read_bytes()
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise ValueError(f"{tar_path}: sha256 does not match manifest.json (corrupt or replaced shard)")
-    key, sample = None, {}
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            base = member.name.rsplit("/", 1)[-1]
-            k, _, ext = base.partition(".")
-            if k != key and sample:
-                yield sample
-                sample = {}
-            key = k
-            f = tar.extractfile(member)
-            sample[ext.lower()] = f.read() if f is not None else b""
-    if sample:
-        yield sample
-
-
 def load_shard_tensors(
     shard_dir: str | os.PathLike, limit: int | None = None, *, verify: bool = True
 ) -> tuple[Tensor, Tensor | None, list[str]]:
@@ -80,21 +42,19 @@ def load_shard_tensors(
     manifest (a ``ValueError`` on mismatch).
     """
     shard_dir = Path(shard_dir)
-    manifest = json.loads((shard_dir / "manifest.json").read_text())
-    res, channels = int(manifest["resolution"]), int(manifest["channels"])
-    labelled = bool(manifest.get("labelled", False))
-    shards = manifest.get("shards") or [{"name": p.name} for p in sorted(shard_dir.glob("shard-*.tar"))]
+    manifest = read_manifest(shard_dir)
+    res, channels = manifest["resolution"], manifest["channels"]
+    labelled = manifest["labelled"]
     images: list[np.ndarray] = []
     labels: list[int] = []
-    for entry in shards:
-        name = entry["name"]
-        for sample in _iter_samples(shard_dir / name, entry.get("sha256") if verify else None):
-            ext = next((e for e in _IMAGE_EXTS if e in sample), None)
-            if ext is None:
-                raise ValueError(f"{shard_dir / name}: sample without an image entry ({sorted(sample)})")
-            images.append(_decode(ext, sample[ext], res, channels))
+    for entry, path in zip(manifest["shards"], shard_paths(shard_dir, manifest)):
+        if verify and entry.get("sha256") and file_sha256(path) != entry["sha256"]:
+            raise ValueError(f"{path}: sha256 does not match manifest.json (corrupt or replaced shard)")
+        for sample in iter_samples(str(path)):
+            ext, data = image_entry(sample)
+            images.append(decode_image(data, ext, res, channels))
             if labelled:
-                labels.append(int(sample["cls"].decode("ascii").strip()))
+                labels.append(label_of(sample))
             if limit is not None and len(images) >= limit:
                 break
         if limit is not None and len(images) >= limit:
@@ -103,7 +63,7 @@ def load_shard_tensors(
         raise ValueError(f"no samples in {shard_dir}")
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     y = torch.tensor(labels, dtype=torch.long) if labelled else None
-    return x.contiguous(), y, list(manifest.get("class_names", []))
+    return x.contiguous(), y, list(manifest["class_names"])
 
 
 # --------------------------------------------------------------------------- model
@@ -214,7 +174,7 @@ def get_or_train_classifier(
     shard_dir = Path(shard_dir)
     device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     if limit is None:
-        m = json.loads((shard_dir / "manifest.json").read_text())
+        m = read_manifest(shard_dir)
         per_image = 4 * int(m["channels"]) * int(m["resolution"]) ** 2
         limit = min(int(m.get("total", 0)) or 2**31, _TRAIN_BYTES // per_image)
     settings = {"steps": steps, "limit": limit, "width": width, "batch_size": batch_size, "seed": seed}

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from wgan_dist.losses import interpolate, penalty_gradient_norms
+from ..objective.losses import interpolate, penalty_gradient_norms
 
 Tensor = torch.Tensor
 Critic = Callable[[Tensor], Tensor]

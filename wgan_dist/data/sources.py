@@ -21,80 +21,24 @@ upscaled by default; ``min_size`` skips images whose shorter side is below it in
 """
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import builtin
+from .quickdraw import (NDJSON_THICKNESS, QUICKDRAW_EXTS, enumerate_quickdraw, load_ndjson,
+                        load_npy_row, quickdraw_class)
+from .records import (ConvertOptions, Group, Record, Skip, SkipError, gray_to_channels,
+                      visible_files)
+
+__all__ = ["NDJSON_THICKNESS", "ConvertOptions", "Group", "Record", "Skip", "SkipError",
+           "collect", "iter_records", "load_item", "quickdraw_class"]
 
 IMAGE_EXTS = frozenset(
     ".png .jpg .jpeg .bmp .gif .webp .tif .tiff .ppm .pgm .pbm .pnm .jfif".split())
-QUICKDRAW_EXTS = (".npy", ".ndjson")
 KINDS = ("auto", "folder", "quickdraw", "celeba", "builtin")
-# Pen width, in 0..255 canvas units, for rendering .ndjson strokes: close to the look of
-# QuickDraw's own 28 px bitmaps.
-NDJSON_THICKNESS = 16.0
-_QD_PREFIXES = ("full_numpy_bitmap_", "full_simplified_", "full_raw_", "full-numpy_bitmap-")
-
-
-class SkipError(Exception):
-    """An input that cannot become a sample; ``kind`` groups reasons in the summary."""
-
-    def __init__(self, kind: str, detail: str = "") -> None:
-        super().__init__(f"{kind}: {detail}" if detail else kind)
-        self.kind, self.detail = kind, detail
-
-
-@dataclass(frozen=True)
-class Record:
-    """A converted sample: ``image`` is uint8 ``(H, W, C)``; ``label`` indexes class_names."""
-    src_id: str
-    image: np.ndarray
-    label: int | None = None
-
-
-@dataclass(frozen=True)
-class Skip:
-    """An input that was not written, and why."""
-    src_id: str
-    kind: str
-    detail: str = ""
-
-    @property
-    def reason(self) -> str:
-        """One line naming the input, the kind of problem and the detail."""
-        tail = f": {self.detail}" if self.detail else ""
-        return f"{self.src_id}: {self.kind}{tail}".replace("\n", " ")
-
-
-@dataclass
-class Group:
-    """A run of enumerated inputs that load the same way and share one class.
-
-    ``loader``: "image" (items: paths), "npy" (path, rows 0..count-1), "ndjson" (path,
-    items: int64 array of (byte offset, line number)), "builtin" (param: category index),
-    "skip" (items: list of (src_id, kind, detail)).
-    """
-    loader: str
-    cls: str | None
-    count: int
-    path: str = ""
-    items: Any = None
-    param: int = 0
-
-
-@dataclass(frozen=True)
-class ConvertOptions:
-    """How every input is turned into a sample (shared by all workers)."""
-    resolution: int = 28
-    channels: int = 1
-    crop: int | None = None
-    min_size: int | None = None
-    seed: int = 0  # the built-in set's drawing seed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,27 +109,9 @@ def read_image(path: str, opts: ConvertOptions) -> np.ndarray:
         raise SkipError("truncated" if "truncat" in msg.lower() else "corrupt", msg) from None
 
 
-def _gray_to_channels(a: np.ndarray, opts: ConvertOptions) -> np.ndarray:
-    """A uint8 (h, w) sketch -> (res, res, channels), LANCZOS-resized when needed."""
-    res = opts.resolution
-    if a.shape != (res, res):
-        a = np.asarray(Image.fromarray(a, "L").resize((res, res), Image.LANCZOS))
-    return np.repeat(a[:, :, None], opts.channels, axis=2)
-
-
 # ---------------------------------------------------------------------------------------------
 # Enumeration
 # ---------------------------------------------------------------------------------------------
-def _visible_files(root: str) -> list[str]:
-    """Every regular, non-hidden file under root (hidden dirs pruned), sorted."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(os.path.join(dirpath, f) for f in sorted(filenames)
-                   if not f.startswith(".") and os.path.isfile(os.path.join(dirpath, f)))
-    return out
-
-
 def _image_groups(files: list[str], cls: str | None) -> list[Group]:
     """Image files -> one "image" group; other extensions -> a "skip" group."""
     imgs = [f for f in files if os.path.splitext(f)[1].lower() in IMAGE_EXTS]
@@ -202,10 +128,10 @@ def enumerate_folder(root: str) -> list[Group]:
     subdirs = sorted(d for d in os.listdir(root)
                      if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
     if not subdirs:
-        return _image_groups(_visible_files(root), None)
+        return _image_groups(visible_files(root), None)
     groups = []
     for d in subdirs:
-        groups += _image_groups(_visible_files(os.path.join(root, d)), d)
+        groups += _image_groups(visible_files(os.path.join(root, d)), d)
     loose = [os.path.join(root, f) for f in sorted(os.listdir(root))
              if not f.startswith(".") and os.path.isfile(os.path.join(root, f))]
     if loose:  # a labelled folder gives loose files no class; count them, don't guess one
@@ -238,73 +164,7 @@ def enumerate_celeba(path: str) -> list[Group]:
     img_dir = find_celeba_dir(path)
     if img_dir is None:
         raise FileNotFoundError(f"no img_align_celeba folder in {path}")
-    return _image_groups(_visible_files(img_dir), None)
-
-
-def quickdraw_class(path: str) -> str:
-    """``full_numpy_bitmap_bicycle.npy`` / ``bicycle.ndjson`` -> ``bicycle``."""
-    stem = os.path.splitext(os.path.basename(path))[0]
-    for p in _QD_PREFIXES:
-        if stem.startswith(p):
-            return stem[len(p):]
-    return stem
-
-
-def _npy_group(path: str) -> Group:
-    skip = lambda kind, detail: Group("skip", None, 1, items=[(path, kind, detail)])  # noqa: E731
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as exc:  # not an .npy, pickled objects, truncated header...
-        return skip("corrupt", f"cannot read .npy ({type(exc).__name__}: {exc})")
-    if arr.ndim != 2 or arr.shape[1] != 784:
-        return skip("wrong shape", f"shape {tuple(arr.shape)}, expected (N, 784)")
-    if arr.dtype != np.uint8:
-        return skip("wrong dtype", f"dtype {arr.dtype}, expected uint8")
-    return Group("npy", quickdraw_class(path), int(arr.shape[0]), path=path)
-
-
-def _ndjson_groups(path: str) -> list[Group]:
-    """One group per ``word`` (usually one per file); bad lines become skip items."""
-    by_cls: dict[str, list[tuple[int, int]]] = {}
-    bad: list[tuple[str, str, str]] = []
-    default_cls = quickdraw_class(path)
-    with open(path, "rb") as f:
-        offset = 0
-        for lineno, line in enumerate(f, start=1):
-            start, offset = offset, offset + len(line)
-            if not line.strip():
-                continue  # blank lines are not inputs
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                bad.append((f"{path}:{lineno}", "not JSON", str(exc)))
-                continue
-            if not isinstance(obj, dict):
-                bad.append((f"{path}:{lineno}", "bad drawing", "line is not a JSON object"))
-                continue
-            word = obj.get("word")
-            cls = word if isinstance(word, str) and word else default_cls
-            by_cls.setdefault(cls, []).append((start, lineno))
-    groups = [Group("ndjson", c, len(v), path=path, items=np.asarray(v, dtype=np.int64))
-              for c, v in sorted(by_cls.items())]
-    if bad:
-        groups.append(Group("skip", None, len(bad), items=bad))
-    return groups
-
-
-def enumerate_quickdraw(path: str) -> list[Group]:
-    """An ``.npy``/``.ndjson`` file, or a folder of them (other files are skipped)."""
-    files = [path] if os.path.isfile(path) else _visible_files(path)
-    groups: list[Group] = []
-    for f in files:
-        ext = os.path.splitext(f)[1].lower()
-        if ext == ".npy":
-            groups.append(_npy_group(f))
-        elif ext == ".ndjson":
-            groups += _ndjson_groups(f)
-        else:
-            groups.append(Group("skip", None, 1, items=[(f, "not QuickDraw", "not .npy/.ndjson")]))
-    return groups
+    return _image_groups(visible_files(img_dir), None)
 
 
 def enumerate_builtin(per_class: int) -> list[Group]:
@@ -355,31 +215,6 @@ def collect(paths: list[str], kind: str = "auto", builtin_per_class: int = 2000
 # ---------------------------------------------------------------------------------------------
 # Loading one item (runs in worker processes)
 # ---------------------------------------------------------------------------------------------
-_NPY_CACHE: dict[str, np.ndarray] = {}  # per process: re-opening an mmap per row is slow
-
-
-def _check_drawing(drawing: Any) -> None:
-    if not isinstance(drawing, list) or not drawing:
-        raise SkipError("bad drawing", "missing or empty 'drawing'")
-    for s in drawing:
-        ok = isinstance(s, list) and len(s) >= 2 and all(isinstance(v, list) for v in s[:2])
-        if not ok or len(s[0]) != len(s[1]) or not s[0]:
-            raise SkipError("bad drawing", "a stroke is not [[xs], [ys]] of equal length")
-        if not all(isinstance(v, (int, float)) for v in s[0] + s[1]):
-            raise SkipError("bad drawing", "non-numeric coordinate")
-
-
-def _load_ndjson(path: str, offset: int, opts: ConvertOptions) -> np.ndarray:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        obj = json.loads(f.readline())
-    drawing = obj.get("drawing")
-    _check_drawing(drawing)
-    strokes = builtin.fit_strokes(drawing)
-    return _gray_to_channels(builtin.render_strokes(strokes, opts.resolution, NDJSON_THICKNESS),
-                             opts)
-
-
 def load_item(group: Group, j: int, opts: ConvertOptions) -> Record | Skip:
     """Load item ``j`` of ``group``; every failure becomes a ``Skip`` (label left None)."""
     if group.loader == "skip":
@@ -396,14 +231,11 @@ def load_item(group: Group, j: int, opts: ConvertOptions) -> Record | Skip:
         if group.loader == "image":
             return Record(src, read_image(src, opts))
         if group.loader == "npy":
-            arr = _NPY_CACHE.get(group.path)
-            if arr is None:
-                arr = _NPY_CACHE[group.path] = np.load(group.path, mmap_mode="r")
-            return Record(src, _gray_to_channels(np.array(arr[j]).reshape(28, 28), opts))
+            return Record(src, load_npy_row(group.path, j, opts))
         if group.loader == "ndjson":
-            return Record(src, _load_ndjson(group.path, int(group.items[j][0]), opts))
+            return Record(src, load_ndjson(group.path, int(group.items[j][0]), opts))
         sketch = builtin.render_sample(group.param, j, opts.seed, opts.resolution)
-        return Record(src, _gray_to_channels(sketch, opts))
+        return Record(src, gray_to_channels(sketch, opts))
     except SkipError as exc:
         return Skip(src, exc.kind, exc.detail)
     except Exception as exc:  # never end a run on one input (unreadable file, bad JSON ...)

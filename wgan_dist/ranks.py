@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, GradScalerKwargs
+
+T = TypeVar("T")
 
 DEEPSPEED_REFUSED = (
     "DeepSpeed is not supported: the gradient penalty differentiates the critic with respect "
@@ -119,3 +121,44 @@ def make_writer(acc: Accelerator, log_dir: Path):
 def main_print(acc: Accelerator, *args: Any) -> None:
     if acc.is_main_process:
         print(*args, flush=True)
+
+
+def on_main(acc: Accelerator, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    """``fn(*args, **kwargs)`` on the main process only (its result there, None elsewhere).
+
+    No barrier: callers that need the others to wait for the result use ``main_then_all``."""
+    return fn(*args, **kwargs) if acc.is_main_process else None
+
+
+def main_then_all(acc: Accelerator, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    """``on_main`` between two barriers: nobody starts before every rank has arrived (the
+    state is complete everywhere) and nobody goes on before the main process is done."""
+    acc.wait_for_everyone()
+    result = on_main(acc, fn, *args, **kwargs)
+    acc.wait_for_everyone()
+    return result
+
+
+def broadcast_from_main(acc: Accelerator, value: T | None) -> T | None:
+    """The main process's ``value`` (any picklable object) on every rank, so that every rank
+    logs and decides the same."""
+    if acc.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def write_text(acc: Accelerator, path: Path, text: str) -> None:
+    """Write a text file from the main process only."""
+    on_main(acc, Path(path).write_text, text)
+
+
+def append_line(acc: Accelerator, path: Path, line: str) -> None:
+    """Append one line to a text file from the main process only."""
+    def append() -> None:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    on_main(acc, append)

@@ -17,15 +17,15 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from . import dist
-from .config import Config
-from .models import classes_in_turn
+from .. import ranks
+from ..config import Config
+from ..nets import classes_in_turn
 
 
 class QualityMonitor:
     def __init__(self, acc: Accelerator, cfg: Config, writer: Any, run_dir: Path,
                  shard_dir: Path | None) -> None:
-        from .metrics import CollapseAlarm
+        from ..metrics import CollapseAlarm
 
         self.acc, self.cfg, self.writer, self.run_dir = acc, cfg, writer, run_dir
         self.shard_dir = shard_dir
@@ -44,9 +44,9 @@ class QualityMonitor:
         generator's BatchNorm running statistics make every output alike); its BatchNorm
         buffers are restored afterwards so this look changes nothing. Computed on every rank
         from its own batch and averaged, so every rank sees the same alarm state."""
-        from .metrics import diversity_stats
+        from ..metrics import diversity_stats
 
-        g = dist.generator_for(torch.device("cpu"), self.cfg.train.seed, "diversity", self.acc.process_index, step)
+        g = ranks.generator_for(torch.device("cpu"), self.cfg.train.seed, "diversity", self.acc.process_index, step)
         z = torch.randn(real.shape[0], self.cfg.model.latent_dim, generator=g).to(real.device)
         buffers = {k: v.clone() for k, v in generator.named_buffers()}
         fake = generator(z).float()
@@ -54,23 +54,26 @@ class QualityMonitor:
             v.copy_(buffers[k])
         stats = diversity_stats(fake, real.float(), _Features(critic))
         keep = {k: torch.tensor(float(v)) for k, v in stats.items() if k.endswith("ratio")}
-        reduced = dist.reduce_mean(self.acc, keep)
+        reduced = ranks.reduce_mean(self.acc, keep)
         for k, v in reduced.items():
             self.writer.add_scalar(f"Diversity/{k}", v, step)
         warm = step >= self.cfg.eval.collapse_warmup * self.cfg.train.steps
         if warm and self.alarm.update(reduced):
             msg = f"WARNING step {step}: {self.alarm.message}"
             self.alarms.append(msg)
-            dist.main_print(self.acc, msg)
+            ranks.main_print(self.acc, msg)
             self.writer.add_text("Alerts/mode_collapse", msg, step)
             self.writer.add_scalar("Alerts/mode_collapse", 1.0, step)
         return reduced
 
     # ------------------------------------------------------------------ with samples
     def gp_visuals(self, critic: Any, real: torch.Tensor, fake: torch.Tensor, step: int) -> None:
-        if not (self.cfg.eval.gp_visuals and self.acc.is_main_process):
-            return
-        from .metrics import log_gradient_visuals
+        """The penalty's histogram and gradient maps (main process only)."""
+        if self.cfg.eval.gp_visuals:
+            ranks.on_main(self.acc, self._gp_visuals, critic, real, fake, step)
+
+    def _gp_visuals(self, critic: Any, real: torch.Tensor, fake: torch.Tensor, step: int) -> None:
+        from ..metrics import log_gradient_visuals
 
         out = log_gradient_visuals(self.writer, critic, real, fake, step, tag="GP")
         self.writer.add_scalar("GP/fraction_norm_within_0.1_of_1", out["grad_norm_near1"], step)
@@ -78,7 +81,7 @@ class QualityMonitor:
     # ------------------------------------------------------------------ evaluation
     def _real_set(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self._real is None:
-            from .metrics import load_shard_tensors
+            from ..metrics import load_shard_tensors
 
             images, labels, _ = load_shard_tensors(str(self.shard_dir), limit=self.cfg.eval.num)
             self._real = (images, labels)
@@ -94,7 +97,7 @@ class QualityMonitor:
         world, rank = self.acc.num_processes, self.acc.process_index
         per = -(-num // world)
         z = torch.randn(per * world, self.cfg.model.latent_dim,
-                        generator=dist.generator_for(torch.device("cpu"), self.cfg.train.seed, seed_tag))
+                        generator=ranks.generator_for(torch.device("cpu"), self.cfg.train.seed, seed_tag))
         y = classes_in_turn(per * world, self.cfg.model.num_classes if self.cfg.model.conditional else 0)
         mine = slice(rank * per, (rank + 1) * per)
         z_mine = z[mine].to(self.acc.device)
@@ -107,27 +110,28 @@ class QualityMonitor:
     def evaluate(self, generator: torch.nn.Module, step: int, nimg: int) -> dict[str, float]:
         """Every rank generates; rank 0 computes and writes; the result is broadcast back."""
         if self.shard_dir is None:
-            dist.main_print(self.acc, "evaluation skipped: the shards have no manifest.json")
+            ranks.main_print(self.acc, "evaluation skipped: the shards have no manifest.json")
             return {}
         t0 = time.time()
         fake, fake_labels = self.generate_global(generator, self.cfg.eval.num)
-        result: dict[str, float] = {}
-        if self.acc.is_main_process:
-            result = self._compute(fake, fake_labels)
-        result = _broadcast(self.acc, result)
-        if self.acc.is_main_process:
-            for k, v in result.items():
-                self.writer.add_scalar(f"Metrics/{k}", v, step)
-            row = {"step": step, "kimg": nimg / 1000, "seconds": round(time.time() - t0, 2), **result}
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-            shown = "  ".join(f"{k} {v:.4g}" for k, v in result.items()
-                              if k in ("fid", "kid_mean", "swd_avg", "div_ratio", "cls_acc", "cls_covered", "cls_rkl"))
-            dist.main_print(self.acc, f"eval step {step}: {shown}  ({row['seconds']}s)")
+        result = ranks.broadcast_from_main(self.acc, ranks.on_main(self.acc, self._compute,
+                                                                   fake, fake_labels))
+        ranks.on_main(self.acc, self._record, result, step, nimg, time.time() - t0)
         return result
 
+    def _record(self, result: dict[str, float], step: int, nimg: int, seconds: float) -> None:
+        """TensorBoard scalars, a metrics.jsonl row and one console line."""
+        for k, v in result.items():
+            self.writer.add_scalar(f"Metrics/{k}", v, step)
+        row = {"step": step, "kimg": nimg / 1000, "seconds": round(seconds, 2), **result}
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in result.items()
+                          if k in ("fid", "kid_mean", "swd_avg", "div_ratio", "cls_acc", "cls_covered", "cls_rkl"))
+        print(f"eval step {step}: {shown}  ({row['seconds']}s)", flush=True)
+
     def _compute(self, fake: torch.Tensor, fake_labels: torch.Tensor | None) -> dict[str, float]:
-        from .metrics import evaluate_samples, get_or_train_classifier
+        from ..metrics import evaluate_samples, get_or_train_classifier
 
         real, labels = self._real_set()
         ev = self.cfg.eval
@@ -150,12 +154,32 @@ class _Features(torch.nn.Module):
         return self.critic.features(x)
 
 
-def _broadcast(acc: Accelerator, values: dict[str, float]) -> dict[str, float]:
-    """Rank 0's dict on every rank (so every rank logs and decides the same)."""
-    if acc.num_processes == 1:
-        return values
-    from accelerate.utils import broadcast_object_list
+def evaluate_checkpoint(checkpoint: str, *, data: str | None = None, num: int = 5000,
+                        seed: int = 0, use_ema: bool = True, fid: bool = False,
+                        inception_weights: str | None = None, classifier: bool = False,
+                        classifier_steps: int = 2000, device: str = "cpu") -> dict[str, Any]:
+    """The quality of a checkpoint's generator against real shards (``evaluate``'s JSON row).
 
-    box = [values]
-    broadcast_object_list(box, from_process=0)
-    return box[0]
+    ``data`` defaults to the run's own shards. A conditional generator draws the classes in
+    turn, and the classifier's accuracy is measured against those requested labels."""
+    from ..metrics import evaluate_samples, get_or_train_classifier, load_shard_tensors
+    from .samples import load_generator, sample
+
+    g, meta = load_generator(checkpoint, device, use_ema=use_ema)
+    cfg = meta["config"]
+    data = data or cfg.data.shards
+    if data == "builtin":  # the trainer's cache of the built-in set
+        data = f"{cfg.data.cache_dir}/builtin-{cfg.data.resolution}px-c{cfg.data.channels}"
+    if not (Path(data) / "manifest.json").is_file():
+        raise FileNotFoundError(f"{data}: not a shard dir with manifest.json (give --data)")
+    real, labels, _ = load_shard_tensors(data, limit=num)
+    if classifier and labels is None:
+        raise ValueError(f"{data} is unlabelled; --classifier needs class labels")
+    fake_labels = classes_in_turn(num, g.num_classes)
+    fake = sample(g, num, seed=seed, labels=fake_labels)
+    clf = get_or_train_classifier(data, steps=classifier_steps) if classifier else None
+    result = evaluate_samples(fake, real, fake_labels=fake_labels, real_labels=labels,
+                              classifier=clf, fid_features="inception" if fid else None,
+                              inception_weights=inception_weights, seed=seed)
+    return {"checkpoint": meta["path"], "step": meta["step"], "kimg": meta["nimg"] / 1000,
+            "num_fake": len(fake), "num_real": len(real), **result}

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from . import losses
-from .config import LossConfig
+from ..config import LossConfig
 
 Tensor = torch.Tensor
 Stats = dict[str, Tensor]
@@ -31,6 +31,35 @@ def _evaluate(critic: Callable, x: Tensor, y: Tensor | None,
     if classify:
         return critic(x, y, logits=True)
     return critic(x, y), None
+
+
+def _classifier_term(logits: Tensor, y_real: Tensor, y_fake: Tensor, on_fakes: bool,
+                     stats: Stats) -> Tensor:
+    """The auxiliary classifier's cross-entropy on the reals (and the fakes, ``on_fakes``)."""
+    n = y_real.shape[0]
+    ac = losses.classification_loss(logits[:n], y_real)
+    stats["ac_real"] = ac.detach()
+    stats["ac_accuracy"] = (logits[:n].detach().argmax(1) == y_real).float().mean()
+    if on_fakes:
+        ac_fake = losses.classification_loss(logits[n:], y_fake)
+        stats["ac_fake"] = ac_fake.detach()
+        ac = ac + ac_fake
+    return ac
+
+
+def _penalty_term(critic: Callable, real: Tensor, fake: Tensor, alpha: Tensor,
+                  y_real: Tensor | None, cfg: LossConfig, scale: float | Tensor,
+                  stats: Stats) -> Tensor:
+    """The gradient penalty on the interpolates between real_i and fake_i.
+
+    Conditional: the interpolate is scored with the real label (any fixed label gives a valid
+    constraint on D(., y); the reals' follows the data)."""
+    score = critic if y_real is None else (lambda x: critic(x, y_real))
+    norms = losses.penalty_gradient_norms(score, losses.interpolate(real, fake, alpha), scale)
+    gp = losses.gradient_penalty(norms, cfg.gp_weight, cfg.one_sided)
+    stats["gradient_penalty"] = gp.detach()
+    stats["grad_norm_mean"] = norms.detach().mean()
+    return gp
 
 
 def critic_phase(
@@ -75,25 +104,10 @@ def critic_phase(
         loss = losses.critic_loss(d_real, d_fake)
     stats["critic_loss"] = loss.detach()
     if logits is not None:
-        n = real.shape[0]
-        ac = losses.classification_loss(logits[:n], y_real)
-        stats["ac_real"] = ac.detach()
-        stats["ac_accuracy"] = (logits[:n].detach().argmax(1) == y_real).float().mean()
-        if cfg.ac_fake:
-            ac_fake = losses.classification_loss(logits[n:], y_fake)
-            stats["ac_fake"] = ac_fake.detach()
-            ac = ac + ac_fake
-        loss = loss + cfg.ac_weight * ac
+        loss = loss + cfg.ac_weight * _classifier_term(logits, y_real, y_fake, cfg.ac_fake, stats)
     if cfg.gp_weight > 0:
-        # Conditional: the interpolate between real_i and fake_i is scored with the real label
-        # (any fixed label gives a valid constraint on D(., y); the reals' follows the data).
-        base = penalty_critic or critic
-        score = base if y_real is None else (lambda x: base(x, y_real))
-        norms = losses.penalty_gradient_norms(score, losses.interpolate(real, fake, alpha), scale)
-        gp = losses.gradient_penalty(norms, cfg.gp_weight, cfg.one_sided)
-        loss = loss + gp
-        stats["gradient_penalty"] = gp.detach()
-        stats["grad_norm_mean"] = norms.detach().mean()
+        loss = loss + _penalty_term(penalty_critic or critic, real, fake, alpha, y_real, cfg,
+                                    scale, stats)
     if cfg.drift_weight > 0:
         drift = losses.drift_penalty(d_real, cfg.drift_weight)
         loss = loss + drift

@@ -7,7 +7,7 @@ resolved config and the class names. It is a dict of tensors and plain Python va
 
 Why not ``accelerator.save_state``: it writes a folder non-atomically and pickles RNG states
 that need ``weights_only=False`` to read back. Our training draws are counter-based (see
-``dist.seed_for``), so exact resumption needs only the step counter; we still store the torch
+``ranks.seed_for``), so exact resumption needs only the step counter; we still store the torch
 RNG state for anything outside those streams.
 """
 from __future__ import annotations
@@ -71,6 +71,47 @@ def save_checkpoint(state: dict[str, Any], run_dir: Path, step: int, keep: int) 
         for old in list_checkpoints(run_dir)[:-keep]:
             old.unlink(missing_ok=True)
     return path
+
+
+def select_resume(run_dir: Path, resume: str | None, overwrite: bool) -> Path | None:
+    """The checkpoint a run starts from: ``resume`` "latest" (must exist), "auto" (the newest
+    if any) or a path; None starts fresh, which a run dir holding checkpoints refuses unless
+    ``overwrite``."""
+    existing = latest_checkpoint(run_dir)
+    if resume in ("latest", "auto"):
+        if existing is None and resume == "latest":
+            raise FileNotFoundError(f"--resume: no checkpoint in {checkpoint_dir(run_dir)}")
+        return existing
+    if resume:
+        return Path(resume)
+    if existing is not None and not overwrite:
+        raise FileExistsError(
+            f"{run_dir} already holds checkpoints (newest {existing.name}); pass --resume "
+            f"to continue it, --overwrite to start over, or log.run_dir=... for a new run")
+    return None
+
+
+def prepare_run_dir(run_dir: Path, clear_checkpoints: bool) -> None:
+    """Create logs/, samples/ and checkpoints/; with ``clear_checkpoints`` remove old ones."""
+    for sub in ("logs", "samples", "checkpoints"):
+        (Path(run_dir) / sub).mkdir(parents=True, exist_ok=True)
+    if clear_checkpoints:
+        for p in list_checkpoints(run_dir):
+            p.unlink()
+
+
+def resume_message(state: dict[str, Any], old: Any, cfg: Any, world: int, batch: int) -> str:
+    """What resuming ``state`` (saved with config ``old``) under ``cfg`` on ``world``
+    processes changes, in one line."""
+    msg = (f"resumed from {state['path']} at step {state['step']} "
+           f"({state['nimg'] / 1000:.1f} kimg)")
+    if state["world_size"] != world:
+        msg += (f"; processes {state['world_size']} -> {world}: global batch stays "
+                f"{cfg.train.batch_size}, per-process batch is now {batch}; "
+                f"the data order differs from an uninterrupted run")
+    if old.train.batch_size != cfg.train.batch_size:
+        msg += f"; global batch changed {old.train.batch_size} -> {cfg.train.batch_size}"
+    return msg
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import CriticBase, GeneratorBase, _check_resolution, _widths, critic_norm
+from .common import CriticBase, GeneratorBase, check_resolution, critic_norm, stage_widths
 
 
 class UpBlock(nn.Module):
@@ -68,12 +68,12 @@ class ResNetGenerator(GeneratorBase):
                  width: int = 64, max_channels: int = 512, sync_bn: bool = False,
                  norm: str = "batch", num_classes: int = 0) -> None:
         super().__init__()
-        stages = _check_resolution(resolution, "resnet")
+        stages = check_resolution(resolution, "resnet")
         if norm not in ("batch", "none"):
             raise ValueError(f"generator norm {norm!r} unknown; choose batch or none")
         self.resolution, self.channels = resolution, channels
         in_dim = self._init_condition(latent_dim, num_classes)
-        ch = _widths(stages + 1, width, max_channels)  # 4x4 ... full size
+        ch = stage_widths(stages + 1, width, max_channels)  # 4x4 ... full size
         bn = norm == "batch"
         self.ch0 = ch[0]
         self.fc = nn.Linear(in_dim, 4 * 4 * ch[0])
@@ -98,7 +98,7 @@ class ResNetCritic(CriticBase):
                  max_channels: int = 512, norm: str = "layer", num_classes: int = 0,
                  cond: str = "projection") -> None:
         super().__init__()
-        downs = _check_resolution(resolution, "resnet") - 1  # (padded) resolution -> 8x8
+        downs = check_resolution(resolution, "resnet") - 1  # (padded) resolution -> 8x8
         self.resolution, self.channels = resolution, channels
         ch = [min(width * 2 ** k, max_channels) for k in range(downs)]
         blocks = [DownBlock(channels, ch[0], norm, down=True, first=True)]

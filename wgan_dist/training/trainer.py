@@ -1,0 +1,259 @@
+"""The training loop: it owns the schedule, nothing else.
+
+Per generator step: n_critic critic phases (each with its own real batch, fresh noise and
+interpolation coefficients), then one generator phase, then the EMA update. Losses come from
+``objective``; the networks and their views from ``networks``; backward and skip mechanics
+from ``step``; draws from ``draws``; reporting from ``logbook``; files from ``checkpoint``
+and ``samples``; rank decisions from ``ranks``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from .. import ranks
+from ..config import Config, config_from_dict, dump_yaml, to_dict
+from ..data import pipeline
+from ..data.shardset import check_shape, resolve_shards
+from ..nets import count_params
+from ..nets.augment import DiffAugment
+from ..compat import scaler_scale
+from ..objective import critic_phase, generator_phase
+from . import checkpoint as ckpt
+from .draws import Draws
+from .ema import ema_beta
+from .logbook import Logbook
+from .monitor import QualityMonitor
+from .networks import build_networks
+from .samples import SampleGrid, write_gif
+from .signals import StopSignals
+from .step import StepRunner
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, saved: dict) -> None:
+    """Load an optimizer's state but keep this run's implementation flags (fused, foreach):
+    ``load_state_dict`` takes every group setting from the checkpoint, so a run resumed with
+    train.fused_adam changed would silently keep the old implementation."""
+    current = opt.state_dict()["param_groups"]
+    groups = [{**g, **{k: c[k] for k in ("fused", "foreach") if k in c}}
+              for g, c in zip(saved["param_groups"], current)]
+    opt.load_state_dict({**saved, "param_groups": groups})
+
+
+class Trainer:
+    def __init__(self, cfg: Config, resume: str | None = None, overwrite: bool = False) -> None:
+        self.cfg = cfg
+        self.acc = ranks.make_accelerator(cfg.train.mixed_precision)
+        self.device = self.acc.device
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        self.run_dir = cfg.run_dir
+        self.resume_from = ckpt.select_resume(self.run_dir, resume, overwrite)
+        ranks.main_then_all(self.acc, ckpt.prepare_run_dir, self.run_dir,
+                            overwrite and self.resume_from is None)
+        self._setup_data()
+        # After the data: the config as run, with model.num_classes from the manifest.
+        ranks.write_text(self.acc, self.run_dir / "config.yaml", dump_yaml(cfg))
+        self.G, self.D, self.ema, self.fused_adam = build_networks(self.acc, cfg)
+        self.classify = bool(getattr(self.D.raw, "classifies", False))  # the critic has an AC head
+        augment = DiffAugment(cfg.data.diffaug) if cfg.data.diffaug else None
+        self.draws = Draws(cfg.train.seed, self.rank, self.device, self.batch,
+                           cfg.model.latent_dim, self.num_classes, augment, cfg.data.resolution)
+        self.steps = StepRunner(self.acc, self.fused_adam)
+        self.step, self.nimg = 0, 0
+        if self.resume_from is not None:
+            self._load(self.resume_from)
+        self.writer = ranks.make_writer(self.acc, self.run_dir / "logs")
+        self.logbook = Logbook(self.acc, self.writer, self.run_dir, cfg.log.tick_every, cfg.train.steps)
+        manifest = self.shards.manifest_path
+        self.monitor = QualityMonitor(self.acc, cfg, self.writer, self.run_dir,
+                                      manifest.parent if manifest is not None else None)
+        self.grid = SampleGrid(cfg.log.grid_size, cfg.model.latent_dim, self.num_classes,
+                               cfg.train.seed, self.device)
+        self.signals = StopSignals(self.rank)
+
+    # ------------------------------------------------------------------ setup
+    def _setup_data(self) -> None:
+        cfg = self.cfg
+        if cfg.train.batch_size % self.world:
+            raise ValueError(f"train.batch_size={cfg.train.batch_size} is the global batch and "
+                             f"must divide by the {self.world} processes")
+        self.batch = cfg.train.batch_size // self.world
+        # Only the main process writes shards (built-in set, -d folders); the others wait.
+        with self.acc.main_process_first():
+            self.shards = resolve_shards(
+                cfg.data.shards, cfg.data.resolution, cfg.data.channels, cfg.data.cache_dir,
+                cfg.data.builtin_per_class, cfg.train.seed,
+                log=lambda m: ranks.main_print(self.acc, m))
+        check_shape(self.shards, cfg.data.resolution, cfg.data.channels)
+        self.num_classes = self._resolve_num_classes()
+
+    def _resolve_num_classes(self) -> int:
+        """model.num_classes from the shard manifest for a conditional model (0 otherwise)."""
+        m, names = self.cfg.model, self.shards.class_names
+        if not m.conditional:
+            return 0
+        where = self.shards.manifest_path or self.cfg.data.shards
+        if not names:
+            raise ValueError(f"model.conditional=true needs labelled shards, but {where} has no "
+                             f"class labels (class subfolders, QuickDraw files or the built-in set "
+                             f"give labels); or set model.conditional=false")
+        if m.num_classes and m.num_classes != len(names):
+            raise ValueError(f"model.num_classes={m.num_classes} but {where} has {len(names)} "
+                             f"classes ({', '.join(names)}); leave model.num_classes=0 to take them "
+                             f"from the manifest")
+        m.num_classes = len(names)  # stored with the config in every checkpoint
+        return m.num_classes
+
+    def make_batches(self, skip: int, count: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        cfg = self.cfg
+        loader = pipeline.make_loader(
+            self.shards.urls, rank=self.rank, world=self.world, seed=cfg.train.seed,
+            batch_size=self.batch, resolution=cfg.data.resolution, channels=cfg.data.channels,
+            num_batches=count, workers=cfg.data.workers, shuffle_buffer=cfg.data.shuffle_buffer,
+            hflip=cfg.data.hflip, skip_batches=skip, pin_memory=self.device.type == "cuda")
+        for i, batch in enumerate(loader):
+            if i >= count:
+                break
+            yield batch
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        scaler = self.acc.scaler
+        return {
+            "G": self.G.raw.state_dict(), "D": self.D.raw.state_dict(),
+            "G_ema": self.ema.model.state_dict(),
+            "opt_G": self.G.opt.state_dict(), "opt_D": self.D.opt.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else {},
+            "step": self.step, "nimg": self.nimg, "world_size": self.world,
+            "config": to_dict(self.cfg), "class_names": list(self.shards.class_names),
+            "rng_torch": torch.get_rng_state(),
+        }
+
+    def _load(self, path: Path) -> None:
+        state = ckpt.load_checkpoint(path, map_location="cpu")
+        where = state["path"]
+        ckpt.load_module_state(self.G.raw, state["G"], "generator", where)
+        ckpt.load_module_state(self.D.raw, state["D"], "critic", where)
+        ckpt.load_module_state(self.ema.model, state["G_ema"], "generator EMA", where)
+        load_optimizer_state(self.G.opt, state["opt_G"])
+        load_optimizer_state(self.D.opt, state["opt_D"])
+        if self.acc.scaler is not None and state["scaler"]:
+            self.acc.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_torch"])
+        self.step, self.nimg = int(state["step"]), int(state["nimg"])
+        ranks.main_print(self.acc, ckpt.resume_message(state, config_from_dict(state["config"]),
+                                                       self.cfg, self.world, self.batch))
+
+    def save(self) -> Path | None:
+        return ranks.main_then_all(self.acc, lambda: ckpt.save_checkpoint(
+            self.state_dict(), self.run_dir, self.step, self.cfg.log.keep_checkpoints))
+
+    # ------------------------------------------------------------------ phases
+    def critic_step(self, real: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor,
+                    y_real: torch.Tensor | None = None, y_fake: torch.Tensor | None = None,
+                    augment=None) -> dict:
+        if self.cfg.train.channels_last:
+            real = real.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), self.acc.autocast():
+            fake = self.G.fwd(z, y_fake)
+        scale = scaler_scale(self.acc.scaler) if self.acc.scaler is not None else 1.0
+        with self.acc.autocast():
+            loss, stats = critic_phase(self.D.fwd, real, fake, alpha, self.cfg.loss, scale,
+                                       y_real=y_real, y_fake=y_fake, classify=self.classify,
+                                       augment=augment, penalty_critic=self.D.eager)
+        self.steps.apply(loss, self.D.opt, stats)
+        return stats
+
+    def generator_step(self, z: torch.Tensor, y: torch.Tensor | None = None, augment=None) -> dict:
+        with self.D.frozen_params() as critic, self.acc.autocast():
+            loss, stats = generator_phase(critic, self.G.fwd(z, y), self.cfg.loss, y=y,
+                                          classify=self.classify, augment=augment)
+        self.steps.apply(loss, self.G.opt, stats)
+        return stats
+
+    def _real_batch(self, batches: Iterator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        fmt = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
+        images, labels = next(batches)
+        real = pipeline.to_model_range(images.to(self.device, non_blocking=True), fmt)
+        return real, labels.to(self.device, non_blocking=True) if self.num_classes else None
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> dict[str, float]:
+        cfg, acc, log = self.cfg, self.acc, self.logbook
+        n_critic, batch = cfg.optim.n_critic, cfg.train.batch_size
+        remaining = cfg.train.steps - self.step
+        ranks.main_print(acc, self.plan(remaining))
+        self.signals.install()
+        batches = self.make_batches(skip=self.step * n_critic, count=max(remaining, 0) * n_critic)
+        log.start(self.nimg)
+        last: dict[str, float] = {}
+        while self.step < cfg.train.steps and not self.signals.requested:
+            # --- n_critic critic phases, then one generator phase, then the EMA
+            for i in range(n_critic):
+                real, y_real = self._real_batch(batches)
+                log.add(self.critic_step(real, y_real=y_real, **self.draws.critic(self.step, i)),
+                        1.0 / n_critic)
+            g_draws = self.draws.generator(self.step)
+            log.add(self.generator_step(**g_draws), 1.0)
+            self.step += 1
+            self.nimg += batch * n_critic
+            self.ema.update(self.G.raw, ema_beta(cfg.train.ema_kimg, cfg.train.ema_rampup,
+                                                 self.step * batch, batch))
+            # --- reporting: ticks, sample grids, evaluations
+            done = self.step == cfg.train.steps
+            if self.step % cfg.log.tick_every == 0 or done:
+                last = log.tick(self.step, self.nimg, self._lrs(), self.device)
+                last.update(self.monitor.check_diversity(self.G.raw, self.D.raw, real, self.step))
+            if self.step % cfg.log.sample_every == 0 or done:
+                self.sample()
+                with torch.no_grad():
+                    fake = self.G.raw(g_draws["z"])
+                self.monitor.gp_visuals(self.D.raw, real, fake, self.step)
+            if (cfg.eval.every and self.step % cfg.eval.every == 0) or done:
+                last.update(self.monitor.evaluate(self.ema.model, self.step, self.nimg))
+            # --- checkpoints, and a stop every rank agrees on
+            self.signals.requested = ranks.all_ranks_agree(acc, self.signals.requested, "any")
+            if self.step % cfg.log.ckpt_every == 0 or done or self.signals.requested:
+                path = self.save()
+                if self.signals.requested:
+                    ranks.main_print(acc, f"stop requested: saved {path} at step {self.step}")
+        return last
+
+    def _lrs(self) -> dict[str, float]:
+        return {"lr_G": self.G.opt.param_groups[0]["lr"], "lr_D": self.D.opt.param_groups[0]["lr"]}
+
+    def sample(self) -> Path | None:
+        """A grid from fixed noise through the EMA generator (main process only)."""
+        def save() -> Path:
+            path = self.run_dir / "samples" / f"step-{self.step:08d}.png"
+            self.writer.add_image("Samples/ema_fixed_noise", self.grid.save(self.ema.model, path),
+                                  self.step)
+            return path
+        return ranks.on_main(self.acc, save)
+
+    def plan(self, remaining: int) -> str:
+        """The start-up lines: where, what data, how many processes, what a step is."""
+        cfg, n, gb = self.cfg, self.cfg.optim.n_critic, self.cfg.train.batch_size
+        shards, augment = self.shards, self.draws.augment
+        return "\n".join([
+            f"run dir        {self.run_dir.resolve()}",
+            f"data           {cfg.data.shards} -> {len(shards.urls)} shard(s), "
+            f"{shards.total or '?'} images, {cfg.data.resolution}px x {cfg.data.channels}ch"
+            + (f", {shards.num_classes} classes" if shards.num_classes else ""),
+            f"processes      {self.world} on {self.device.type}, mixed precision {cfg.train.mixed_precision}",
+            f"global batch   {gb} = {self.batch} per process x {self.world} process(es)",
+            f"per G step     {n} critic steps x {gb} real images = {n * gb} images",
+            f"this run       {remaining} G steps = {remaining * n * gb / 1000:.1f} kimg "
+            f"(total {cfg.train.steps * n * gb / 1000:.1f} kimg)",
+            f"models         G {count_params(self.G.raw) / 1e6:.2f}M params, "
+            f"D {count_params(self.D.raw) / 1e6:.2f}M params, {cfg.model.arch}, loss {cfg.loss.kind}"
+            + (f", conditional on {self.num_classes} classes ({cfg.model.cond})" if self.num_classes else "")
+            + (f", DiffAugment {','.join(augment.policy)}" if augment else ""),
+        ])
+
+    def close(self) -> None:
+        self.writer.close()
+        ranks.main_then_all(self.acc, write_gif, self.run_dir / "samples")
+        self.acc.end_training()
