@@ -11,6 +11,8 @@
 #   fresh launcher with a fresh rendezvous store, resuming from the newest checkpoint. The
 #   launchers' own restarts stay 0: torch 2.14 restarts reuse the rendezvous store, and the
 #   restarted group can read the dead group's addresses (pytorch#135712).
+# - The command exits 75 (the trainer's "stopped by a signal after a checkpoint", e.g. Slurm
+#   signalled the training processes themselves): treated like SIGUSR1, requeue.
 # Exits the script: 0 after a stop on request, else the command's exit status.
 
 supervise() {
@@ -35,6 +37,8 @@ supervise() {
             wait "$launcher" || rc=$?
             (( interrupted )) || break  # otherwise a trap cut the wait short: keep waiting
         done
+        # 75: the training processes were signalled directly, checkpointed and stopped.
+        [[ $rc == 75 && -z $stop ]] && stop=requeue
         [[ $rc == 0 || -n $stop ]] && break
         (( attempt < MAX_RESTARTS )) || break
         attempt=$((attempt + 1))

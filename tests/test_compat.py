@@ -72,6 +72,17 @@ def test_shuffle_samples_is_a_seeded_permutation():
     assert one == two and sorted(one) == list(range(50)) and one != list(range(50))
 
 
+def test_shutdown_loader_workers_joins_them_now():
+    loader = torch.utils.data.DataLoader(list(range(64)), batch_size=4, num_workers=1)
+    it = iter(loader)
+    next(it)
+    workers = list(it._workers)
+    assert all(w.is_alive() for w in workers)
+    compat.shutdown_loader_workers(it)
+    assert not any(w.is_alive() for w in workers)
+    compat.shutdown_loader_workers(iter(torch.utils.data.DataLoader([1, 2])))  # no workers: no-op
+
+
 def test_reset_accelerator_state_allows_new_settings():
     from accelerate import Accelerator
 

@@ -115,6 +115,23 @@ def shuffle_samples(src: Iterator[dict], bufsize: int, initial: int,
     return _shuffle(src, bufsize, initial, rng=rng)
 
 
+def shutdown_loader_workers(iterator: Any) -> None:
+    """Stop a DataLoader iterator's worker processes now and join them.
+
+    The iterator does this in ``__del__``, but after an error its frames sit in the exception's
+    traceback (a reference cycle that only the garbage collector breaks), so at interpreter
+    exit multiprocessing would wait on workers still blocked on their index queues.
+    ``_MultiProcessingDataLoaderIter._shutdown_workers`` is what ``__del__`` calls; an
+    iterator without workers (``num_workers=0``) has nothing to stop."""
+    if not hasattr(iterator, "_workers"):
+        return  # single-process iterator
+    try:
+        iterator._shutdown_workers()
+    except AttributeError as e:
+        raise _missing("torch.utils.data.dataloader._MultiProcessingDataLoaderIter._shutdown_workers",
+                       e) from None
+
+
 def reset_accelerator_state() -> None:
     """Forget Accelerate's process-wide singleton state, so a second ``Accelerator`` in the
     same process (tests, benchmarks) can take other settings (mixed precision, cpu)."""

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import torch
 
+from . import exits
+
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m wgan_dist.evaluate", description=__doc__,
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m wgan_dist.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run dir (newest)")
     p.add_argument("--data", default=None,
@@ -35,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classifier-steps", type=int, default=2000)
     p.add_argument("--out", default=None, help="write the JSON here too")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     args = p.parse_args(argv)
 
     from .training.monitor import evaluate_checkpoint
@@ -56,4 +59,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exits.run(main))

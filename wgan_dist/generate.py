@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
+from . import exits
 from .nets import GeneratorBase
 from .training.samples import class_grid, class_ids, interpolate, load_generator, sample
 
@@ -40,7 +41,7 @@ def _selected_classes(g: GeneratorBase, requested: list[str], per_class_grid: bo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m wgan_dist.generate", description=__doc__,
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m wgan_dist.generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory (newest)")
     p.add_argument("--num", type=int, default=None,
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write ROWS latent interpolation strips instead of samples")
     p.add_argument("--steps", type=int, default=10, help="images per interpolation strip")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     return p
 
 
@@ -109,4 +111,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exits.run(main))

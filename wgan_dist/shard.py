@@ -15,12 +15,13 @@ import argparse
 import os
 import sys
 
+from . import exits
 from .data.format import ENC_EXT, MANIFEST
 from .data.write import OutputNotEmptyError, summary_line, write_shards
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m wgan_dist.shard",
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m wgan_dist.shard",
                                 description="Write WebDataset shards from images, QuickDraw "
                                             "files, CelebA or the built-in set; or --explore one.")
     p.add_argument("sources", nargs="*", metavar="SRC",
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--explore", metavar="DIR", help="summarise a shard set and write a grid")
     p.add_argument("--grid", help="grid PNG path for --explore (default DIR/explore.png)")
+    p.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     return p
 
 
@@ -94,4 +96,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exits.run(main))

@@ -16,12 +16,13 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from . import exits
 from .toybench import (DATASETS, METRIC_KEYS, N_EVAL, run_toy, sample_real, summarise,
                        toy_metrics)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m wgan_dist.toy", description=__doc__,
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m wgan_dist.toy", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="all", choices=DATASETS + ("all",))
     p.add_argument("--seeds", type=int, default=5, help="runs with seeds 0..N-1")
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reject", type=float, default=0.1,
                    help="also score the JBT sampler that rejects this fraction of latents "
                         "(the steepest); 0: only the generator's own samples")
+    p.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     return p
 
 
@@ -115,5 +117,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
-    sys.exit(0)
+    sys.exit(exits.run(lambda argv: (main(argv), exits.OK)[1]))

@@ -3,6 +3,10 @@
     accelerate launch -m wgan_dist.train                      # built-in dataset, defaults
     accelerate launch -m wgan_dist.train --config celeba128 train.steps=20000
     python -m wgan_dist.train -d images/ -s 128 -l 100 -b 128  # the seed trainer's flags
+    python -m wgan_dist.train --run-dir runs/X --resume       # continue runs/X as it was made
+
+Exit codes: 0 finished, 1 failed, 2 refused (bad setting, data or checkpoint), 75 stopped by
+a signal after saving a checkpoint (resume it), 128+N ended by signal N without one.
 """
 from __future__ import annotations
 
@@ -10,12 +14,14 @@ import argparse
 import os
 import sys
 
+from . import exits
 from .config import ConfigError, dump_yaml, load_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m wgan_dist.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--config", "-c", default=None,
                    help="preset name from configs/ (e.g. celeba128) or a YAML path")
     p.add_argument("overrides", nargs="*", metavar="section.field=value",
@@ -32,6 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true",
                    help="start over in a run dir that already has checkpoints")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     args = p.parse_args(argv)
     # `--resume train.steps=600`: the optional value took an override; give it back.
     if args.resume is not None and "=" in args.resume and not os.path.exists(args.resume):
@@ -40,12 +47,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build_config(args: argparse.Namespace):
+def explicit_overrides(args: argparse.Namespace) -> list[str]:
+    """The seed-trainer flags as dotted overrides, then the dotted overrides themselves."""
     flags = {"data.shards": args.dir, "data.resolution": args.size,
              "model.latent_dim": args.latent_size, "train.batch_size": args.batch_size,
              "data.channels": args.channels, "log.run_dir": args.run_dir}
-    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
-    return load_config(args.config, overrides)
+    return [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
+
+
+def build_config(args: argparse.Namespace):
+    """The config to run: preset + overrides; with --resume, the run's own config from its
+    checkpoint with the explicit overrides on top (``training.resume``)."""
+    overrides = explicit_overrides(args)
+    cfg = load_config(args.config, overrides)
+    if args.resume is None:
+        return cfg
+    from .training.resume import config_for_resume
+
+    preset = load_config(args.config, []) if args.config else None
+    return config_for_resume(cfg, preset, overrides, args.resume, log=_main_print)
+
+
+def _main_print(text: str) -> None:
+    if os.environ.get("RANK", "0") == "0":
+        print(text, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = build_config(args)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
-        return 2
+        return exits.REFUSED
     if args.dry_run:
         print(dump_yaml(cfg), end="")
-        return 0
+        return exits.OK
     from .training.trainer import Trainer  # heavy imports only when training
 
     trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
@@ -65,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         trainer.train()
     finally:
         trainer.close()
+    if trainer.stopped:
+        return exits.STOPPED
     print_where(trainer)
-    return 0
+    return exits.OK
 
 
 def print_where(trainer) -> None:
@@ -82,4 +109,4 @@ def print_where(trainer) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exits.run(main, prefix="error"))

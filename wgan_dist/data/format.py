@@ -88,6 +88,10 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     for s in manifest["shards"]:
         if not (isinstance(s, dict) and isinstance(s.get("name"), str)):
             raise DataError(f"{path}: a shard entry has no name ({s!r})")
+    counted = sum(int(s.get("count", 0)) for s in manifest["shards"])
+    if counted != manifest["total"]:
+        raise DataError(f"{path}: claims {manifest['total']} samples but its shards list "
+                        f"{counted}; the manifest does not describe these shards (re-shard)")
     return manifest
 
 
@@ -218,6 +222,34 @@ def _plain_tar_samples(url: str, members: list[tuple[str, int, int]]) -> Iterato
             sample[ext] = mm[start:start + size]
     if sample is not None:
         yield sample
+
+
+def count_samples(url: str) -> int:
+    """Samples in a shard, from its headers only (no member is read); webdataset's reader
+    for tars the scanner leaves to it. A damaged tar raises with the shard named."""
+    members = scan_plain_tar(url) if "://" not in url and not url.startswith("pipe:") else None
+    if members is None:
+        try:
+            return sum(1 for _ in iter_samples(url, fast=False))
+        except Exception as e:
+            raise DataError(f"{url}: not a readable tar (truncated or damaged: {type(e).__name__}: {e})") from None
+    keys = {k for name, _, _ in members
+            if not (name.startswith("__") and _TAR_META.match(name))
+            for k in [_split_name(name)[0]] if k is not None}
+    return len(keys)
+
+
+def check_shard(url: str, count: int | None, sha256: str | None = None) -> None:
+    """A shard against what its manifest says: sample count (headers only) and, given
+    ``sha256``, its checksum (reads the file). DataError naming the shard otherwise."""
+    if sha256 and file_sha256(url) != sha256:
+        raise DataError(f"{url}: sha256 does not match the manifest (truncated, damaged or replaced "
+                        f"shard; re-shard or restore it)")
+    if count is not None:
+        found = count_samples(url)
+        if found != count:
+            raise DataError(f"{url}: holds {found} samples but the manifest says {count} "
+                            f"(truncated or replaced shard; re-shard or restore it)")
 
 
 def iter_samples(url: str, fast: bool = True) -> Iterator[dict]:

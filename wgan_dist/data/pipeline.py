@@ -14,17 +14,19 @@ is reproducible and a resumed run reads exactly what the uninterrupted one would
 from __future__ import annotations
 
 import math
+import os
 import random
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
 import webdataset as wds
+from PIL import UnidentifiedImageError
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
-from ..compat import shuffle_samples
+from ..compat import shuffle_samples, shutdown_loader_workers
 from ..ranks import seed_for
-from .format import DataError, decode_image, image_entry, iter_samples, label_of
+from .format import DataError, check_shard, decode_image, image_entry, iter_samples, label_of
 
 
 # ----------------------------------------------------------------------------------------
@@ -69,12 +71,29 @@ class shard_stream:
 @dataclass(frozen=True)
 class read_tar:
     """Shard URLs -> samples {"__key__", "__url__", "png" | "jpg" | "u8", "cls", ...}, read by
-    ``format.iter_samples`` (``fast``: the mmap scanner for local plain tars)."""
+    ``format.iter_samples`` (``fast``: the mmap scanner for local plain tars).
+
+    With ``expected`` (url -> (count, sha256) from the manifest) every shard is checked the
+    first time this worker opens it (its sha256) and every time it is read through (its
+    sample count): a damaged shard stops the run with its name, never silently shrinks."""
     fast: bool = True
+    expected: dict | None = None
 
     def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
+        verified: set[str] = set()
         for source in src:
-            yield from iter_samples(source["url"], self.fast)
+            url = source["url"]
+            count, sha = (self.expected or {}).get(url, (None, None))
+            if sha and url not in verified:
+                check_shard(url, None, sha)
+                verified.add(url)
+            n = 0
+            for sample in iter_samples(url, self.fast):
+                n += 1
+                yield sample
+            if count is not None and n != count:
+                raise DataError(f"{url}: read {n} samples but the manifest says {count} "
+                                f"(truncated or replaced shard; re-shard or restore it)")
 
 
 @dataclass(frozen=True)
@@ -136,8 +155,10 @@ class decode_sample:
         try:
             arr = decode_image(data, ext, self.resolution, self.channels)
         except Exception as e:
+            why = "not an image PIL can read" if isinstance(e, UnidentifiedImageError) else \
+                f"{type(e).__name__}: {e}"
             raise DataError(f"{sample.get('__url__')}: sample {sample.get('__key__')}: cannot "
-                            f"decode its {ext} entry ({type(e).__name__}: {e})") from None
+                            f"decode its {ext} entry ({why})") from None
         img = torch.from_numpy(arr).permute(2, 0, 1)
         if img.shape[-1] != self.resolution or img.shape[-2] != self.resolution:
             raise DataError(f"{sample.get('__url__')}: sample {sample.get('__key__')} is "
@@ -170,22 +191,36 @@ class Batches:
 
     def __init__(self, loader: DataLoader) -> None:
         self.loader = loader
+        self._it: Any = None
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels in self.loader:
-            yield images, torch.tensor(labels, dtype=torch.long)
+        self._it = iter(self.loader)
+        try:
+            for images, labels in self._it:
+                yield images, torch.tensor(labels, dtype=torch.long)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Shut the loader's workers down now, instead of whenever the iterator is collected:
+        after an error the traceback keeps it alive, and at interpreter exit multiprocessing
+        would wait on workers blocked on their queues."""
+        it, self._it = self._it, None
+        if it is not None:
+            shutdown_loader_workers(it)
 
 
 def build_pipeline(urls: list[str], *, rank: int, world: int, seed: int, batch_size: int,
                    resolution: int, channels: int, shuffle_buffer: int = 2000,
                    hflip: bool = False, batches_per_worker: int,
-                   skip_batches: int = 0, fast_tar: bool = True) -> wds.DataPipeline:
+                   skip_batches: int = 0, fast_tar: bool = True,
+                   expected: dict | None = None) -> wds.DataPipeline:
     """The stages, in order. batch_size is per process; ``fast_tar``: format's mmap reader
     (else webdataset's, for the benchmark that justifies keeping ours)."""
     k = skip_batches
     return wds.DataPipeline(
         shard_stream(urls, rank, world, seed, k),     # shards of this rank/worker, resampled
-        read_tar(fast_tar),                           # tar entries -> {"__key__", "png", "cls"}
+        read_tar(fast_tar, expected),                 # tar entries -> {"__key__", "png", "cls"}
         shuffle(shuffle_buffer, seed, rank, k),       # seeded shuffle buffer
         draw_flips(hflip, seed, rank, k),             # flip coins, drawn before any skip
         skip_consumed(skip_batches, batch_size),      # resume: drop what was already used
@@ -194,21 +229,32 @@ def build_pipeline(urls: list[str], *, rank: int, world: int, seed: int, batch_s
     ).with_epoch(batches_per_worker)                  # fixed length: equal steps on every rank
 
 
-def _ignore_stop_signals(_worker_id: int) -> None:
-    """Loader workers leave stopping to the trainer. Slurm and torchrun signal whole process
-    groups; a worker that died on SIGTERM/SIGINT would crash the trainer before it could write
-    its stop checkpoint. Workers still exit when the trainer does (the loader's watchdog)."""
-    import signal
+WORKER_TERM_GRACE = 60.0  # seconds a loader worker lives on after a SIGTERM
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_IGN)
+
+def _worker_signals(_worker_id: int) -> None:
+    """Loader workers leave stopping to the trainer. Slurm and torchrun signal whole process
+    groups; a worker that died at once on SIGTERM/SIGINT would crash the trainer before it
+    could write its stop checkpoint. So SIGINT and SIGUSR1 are ignored, and a SIGTERM only
+    starts a clock: the worker exits WORKER_TERM_GRACE seconds later whatever happens, so it
+    can never hold up the trainer's exit for good. Workers also exit within seconds of the
+    trainer's death (the DataLoader's own watchdog) and when the trainer closes the loader."""
+    import signal
+    import threading
+
+    def on_term(signum, frame) -> None:
+        threading.Timer(WORKER_TERM_GRACE, os._exit, args=(0,)).start()
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, on_term)
 
 
 def make_loader(urls: list[str], *, rank: int, world: int, seed: int, batch_size: int,
                 resolution: int, channels: int, num_batches: int, workers: int = 1,
                 shuffle_buffer: int = 2000, hflip: bool = False, skip_batches: int = 0,
                 pin_memory: bool = False, mp_context: str | None = None,
-                fast_tar: bool = True) -> Batches:
+                fast_tar: bool = True, expected: dict | None = None) -> Batches:
     """An iterable of at least ``num_batches`` (uint8 images, int64 labels) batches.
 
     One pass is all a run reads (the stream is resampled and cut to the run's length), so
@@ -221,12 +267,12 @@ def make_loader(urls: list[str], *, rank: int, world: int, seed: int, batch_size
         channels=channels, shuffle_buffer=shuffle_buffer, hflip=hflip,
         # +1: after a resume a worker may owe one batch more than the even share.
         batches_per_worker=math.ceil(num_batches / readers) + 1,
-        skip_batches=skip_batches, fast_tar=fast_tar,
+        skip_batches=skip_batches, fast_tar=fast_tar, expected=expected,
     )
     kwargs: dict[str, Any] = {}
     if workers > 0:
         kwargs.update(persistent_workers=False, prefetch_factor=4,
-                      worker_init_fn=_ignore_stop_signals, multiprocessing_context=mp_context)
+                      worker_init_fn=_worker_signals, multiprocessing_context=mp_context)
     return Batches(DataLoader(pipeline, batch_size=None, num_workers=workers,
                               pin_memory=pin_memory, **kwargs))
 

@@ -7,13 +7,13 @@ and reused afterwards; a shard directory is read through its manifest; a brace p
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import braceexpand
 
-from .format import MANIFEST, DataError, read_manifest, shard_paths
+from .format import MANIFEST, DataError, check_shard, read_manifest, shard_paths
 
 
 @dataclass
@@ -24,10 +24,17 @@ class ShardSet:
     class_names: list[str]
     total: int | None
     manifest_path: Path | None
+    expected: dict[str, tuple[int, str | None]] = field(default_factory=dict)
+    """url -> (sample count, sha256) from the manifest; empty without one."""
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def check(self) -> None:
+        """Every shard holds the samples its manifest lists (tar headers only: cheap)."""
+        for url, (count, _) in self.expected.items():
+            check_shard(url, count)
 
 
 def from_manifest(path: Path) -> ShardSet:
@@ -38,8 +45,10 @@ def from_manifest(path: Path) -> ShardSet:
     missing = [u for u in urls if not Path(u).is_file()]
     if missing:
         raise DataError(f"{path}: shard files missing: {', '.join(missing[:3])}")
+    expected = {u: (int(e["count"]), e.get("sha256")) for u, e in zip(urls, manifest["shards"])
+                if "count" in e}
     return ShardSet(urls, manifest["resolution"], manifest["channels"],
-                    list(manifest["class_names"]), manifest["total"], Path(path))
+                    list(manifest["class_names"]), manifest["total"], Path(path), expected)
 
 
 def _folder_cache(folder: Path, cache_dir: Path, resolution: int, channels: int) -> Path:

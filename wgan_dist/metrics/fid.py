@@ -76,14 +76,30 @@ def fid_from_features(real: Tensor | np.ndarray, fake: Tensor | np.ndarray) -> f
 
 
 def _missing_weights_message(path: str | None) -> str:
-    where = f"'{path}'" if path else f"nothing (neither inception_weights= nor ${INCEPTION_ENV} is set)"
+    where = (f"'{path}'" if path else
+             f"nothing (neither --inception-weights / eval.inception_weights nor ${INCEPTION_ENV} is set)")
     return (
         f"Inception FID weights not found: looked for {where}. Nothing is downloaded (wgan_dist "
         f"targets clusters without internet). Fetch the FID Inception weights {INCEPTION_FILE} "
         f"on a machine with internet (from {INCEPTION_URLS[0]} or {INCEPTION_URLS[1]}), copy "
-        f"the file over, and pass "
-        f"inception_weights=/path/to/{INCEPTION_FILE} or export {INCEPTION_ENV}=/path/to/{INCEPTION_FILE}."
+        f"the file over, and pass --inception-weights /path/to/{INCEPTION_FILE} (evaluate), "
+        f"eval.inception_weights=/path/to/{INCEPTION_FILE} (train), or export "
+        f"{INCEPTION_ENV}=/path/to/{INCEPTION_FILE}."
     )
+
+
+def check_inception_available(weights: str | os.PathLike | None = None) -> str:
+    """The weights file FID would read, checked now (exists; torch-fidelity importable), so a
+    run fails at its start rather than at its first evaluation. Returns the path."""
+    path = str(weights) if weights else os.environ.get(INCEPTION_ENV) or None
+    if path is None or not Path(path).is_file():
+        raise FileNotFoundError(_missing_weights_message(path))
+    try:
+        import torch_fidelity  # noqa: F401
+    except ImportError as exc:
+        raise ImportError("FID needs torch-fidelity: pip install torch-fidelity "
+                          f"(the weights are read from {path}, never downloaded)") from exc
+    return path
 
 
 class InceptionFeatures(nn.Module):

@@ -12,15 +12,22 @@ RNG state for anything outside those streams.
 """
 from __future__ import annotations
 
+import io
 import os
 import re
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 FORMAT = "wgan_dist-checkpoint/1"
 NAME = re.compile(r"^step-(\d{8})\.pt$")
+TMP = re.compile(r"^\.step-\d{8}\.pt\.tmp-\d+$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the problem."""
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -41,16 +48,50 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def verify(path: Path) -> None:
+    """Check a checkpoint file's container: torch.save writes a zip whose every member
+    carries a CRC-32, which ``torch.load`` does not check (a flipped byte inside a tensor
+    loads as a wrong value). Raises CheckpointError naming the file and the damage."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path}: damaged or incomplete checkpoint ({type(e).__name__}: {e})") from None
+    if bad is not None:
+        raise CheckpointError(f"{path}: damaged checkpoint (checksum mismatch in {bad})")
+
+
+def latest_verified(run_dir: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint that verifies, and one line for each newer one skipped."""
+    skipped = []
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            verify(path)
+            return path, skipped
+        except CheckpointError as e:
+            skipped.append(str(e))
+    return None, skipped
+
+
 def atomic_save(obj: dict[str, Any], path: Path) -> None:
-    """Write to a temporary name, fsync, then rename: a crash never leaves a half file under
-    the final name, and never replaces the last good checkpoint with a broken one."""
+    """Write to a temporary name, fsync, verify, then rename: a crash never leaves a half file
+    under the final name, and never replaces the last good checkpoint with a broken one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        # Serialised in memory first: a full disk then fails in a plain write with its own
+        # error ("No space left on device"), not deep inside torch's zip writer.
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(buf.getbuffer())
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise OSError(e.errno, f"cannot write the checkpoint {path}: {e.strerror}") from None
+        verify(tmp)  # what was written reads back intact
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -64,26 +105,35 @@ def atomic_save(obj: dict[str, Any], path: Path) -> None:
 
 
 def save_checkpoint(state: dict[str, Any], run_dir: Path, step: int, keep: int) -> Path:
-    """Save ``state`` as checkpoints/step-XXXXXXXX.pt and keep the newest ``keep`` files."""
+    """Save ``state`` as checkpoints/step-XXXXXXXX.pt, then rotate: keep it and the newest
+    ``keep - 1`` older ones (``keep`` 0 keeps all). Files *newer* than this step (left by an
+    earlier life of the run, e.g. one that failed to verify) are never deleted here, so the
+    checkpoint just written and verified always survives."""
     path = checkpoint_dir(run_dir) / f"step-{step:08d}.pt"
     atomic_save({"format": FORMAT, **state}, path)
     if keep > 0:
-        for old in list_checkpoints(run_dir)[:-keep]:
+        older = [p for p in list_checkpoints(run_dir) if p.name < path.name]
+        for old in older[:max(0, len(older) - (keep - 1))]:
             old.unlink(missing_ok=True)
     return path
 
 
-def select_resume(run_dir: Path, resume: str | None, overwrite: bool) -> Path | None:
-    """The checkpoint a run starts from: ``resume`` "latest" (must exist), "auto" (the newest
-    if any) or a path; None starts fresh, which a run dir holding checkpoints refuses unless
-    ``overwrite``."""
-    existing = latest_checkpoint(run_dir)
+def select_resume(run_dir: Path, resume: str | None, overwrite: bool,
+                  log: Callable[[str], None] = print) -> Path | None:
+    """The checkpoint a run starts from: ``resume`` "latest" (the newest that verifies; one
+    must), "auto" (the newest that verifies, if any) or a path; None starts fresh, which a run
+    dir holding checkpoints refuses unless ``overwrite``. Skipped checkpoints are logged."""
     if resume in ("latest", "auto"):
-        if existing is None and resume == "latest":
-            raise FileNotFoundError(f"--resume: no checkpoint in {checkpoint_dir(run_dir)}")
-        return existing
+        found, skipped = latest_verified(run_dir)
+        for line in skipped:
+            log(f"skipping {line}")
+        if found is None and resume == "latest":
+            why = f" ({len(skipped)} damaged)" if skipped else ""
+            raise FileNotFoundError(f"--resume: no usable checkpoint in {checkpoint_dir(run_dir)}{why}")
+        return found
     if resume:
         return Path(resume)
+    existing = latest_checkpoint(run_dir)
     if existing is not None and not overwrite:
         raise FileExistsError(
             f"{run_dir} already holds checkpoints (newest {existing.name}); pass --resume "
@@ -92,9 +142,13 @@ def select_resume(run_dir: Path, resume: str | None, overwrite: bool) -> Path | 
 
 
 def prepare_run_dir(run_dir: Path, clear_checkpoints: bool) -> None:
-    """Create logs/, samples/ and checkpoints/; with ``clear_checkpoints`` remove old ones."""
+    """Create logs/, samples/ and checkpoints/; remove temporary files a killed save left
+    behind; with ``clear_checkpoints`` remove old checkpoints too."""
     for sub in ("logs", "samples", "checkpoints"):
         (Path(run_dir) / sub).mkdir(parents=True, exist_ok=True)
+    for p in checkpoint_dir(run_dir).iterdir():
+        if TMP.match(p.name):
+            p.unlink(missing_ok=True)
     if clear_checkpoints:
         for p in list_checkpoints(run_dir):
             p.unlink()
@@ -114,24 +168,32 @@ def resume_message(state: dict[str, Any], old: Any, cfg: Any, world: int, batch:
     return msg
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint file safely (weights_only=True); clear errors for wrong files."""
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu",
+                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Read a checkpoint file safely: verified first, then ``weights_only=True``. A run dir
+    (or its checkpoints/) gives its newest checkpoint that verifies (``log`` hears about the
+    damaged ones skipped)."""
     path = Path(path)
-    if path.is_dir():  # a run dir or its checkpoints/ dir: take the newest
+    if path.is_dir():
         run = path.parent if path.name == "checkpoints" else path
-        found = latest_checkpoint(run)
+        found, skipped = latest_verified(run)
+        for line in skipped:
+            (log or (lambda m: None))(f"skipping {line}")
         if found is None:
-            raise FileNotFoundError(f"{path}: no checkpoints (looked in {checkpoint_dir(run)})")
+            why = f"; {len(skipped)} damaged: {skipped[0]}" if skipped else ""
+            raise FileNotFoundError(f"{path}: no usable checkpoint (looked in {checkpoint_dir(run)}{why})")
         path = found
-    if not path.is_file():
+    elif not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
+    else:
+        verify(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for corrupt/truncated files
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a wgan_dist checkpoint (format {state.get('format')!r})"
-                         if isinstance(state, dict) else f"{path}: not a wgan_dist checkpoint")
+        raise CheckpointError(f"{path}: not a wgan_dist checkpoint (format {state.get('format')!r})"
+                              if isinstance(state, dict) else f"{path}: not a wgan_dist checkpoint")
     state["path"] = str(path)
     return state
 
@@ -147,6 +209,6 @@ def load_module_state(module: torch.nn.Module, state: dict[str, torch.Tensor], w
     if bad or missing or unexpected:
         detail = "; ".join(bad[:3] + [f"missing {m}" for m in missing[:3]]
                            + [f"unexpected {u}" for u in unexpected[:3]])
-        raise ValueError(f"{path}: the {what} in this checkpoint does not fit the configured "
+        raise CheckpointError(f"{path}: the {what} in this checkpoint does not fit the configured "
                          f"model ({detail}). Use the config the checkpoint was trained with.")
     module.load_state_dict(state)

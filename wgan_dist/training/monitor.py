@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from accelerate import Accelerator
 
 from .. import ranks
 from ..config import Config
+from ..data.format import DataError, file_sha256, read_manifest, shard_paths
 from ..nets import classes_in_turn
 
 
@@ -33,6 +35,39 @@ class QualityMonitor:
         self.alarms: list[str] = []
         self._real: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self._classifier = None
+
+    def check_ready(self) -> None:
+        """Everything an evaluation will need, checked at start-up: the FID weights, a
+        labelled set and a writable cache for the classifier, intact shards to compare with.
+        A run must not spend hours to fail at its first evaluation."""
+        ev = self.cfg.eval
+        if self.shard_dir is None:
+            return  # evaluation is skipped (and says so) for sets without a manifest
+        if ev.fid:
+            from ..metrics.fid import check_inception_available
+
+            check_inception_available(ev.inception_weights or None)
+        manifest = read_manifest(self.shard_dir)
+        if ev.classifier:
+            from ..metrics.classifier import default_cache_dir
+
+            if not manifest["class_names"]:
+                raise ValueError(f"eval.classifier=true needs labelled shards; {self.shard_dir} "
+                                 f"has no class labels (set eval.classifier=false)")
+            cache = default_cache_dir()
+            cache.mkdir(parents=True, exist_ok=True)
+            if not os.access(cache, os.W_OK):
+                raise PermissionError(f"eval.classifier: the classifier cache {cache} is not writable "
+                                      f"(set $WGAN_DIST_CACHE)")
+        # The shards the evaluation reads (the first ones, up to eval.num images).
+        need = ev.num
+        for entry, path in zip(manifest["shards"], shard_paths(self.shard_dir, manifest)):
+            if entry.get("sha256") and file_sha256(path) != entry["sha256"]:
+                raise DataError(f"{path}: sha256 does not match {self.shard_dir}/manifest.json "
+                                f"(corrupt or replaced shard)")
+            need -= int(entry.get("count", 0))
+            if need <= 0:
+                break
 
     # ------------------------------------------------------------------ per tick
     @torch.no_grad()
@@ -118,6 +153,14 @@ class QualityMonitor:
                                                                    fake, fake_labels))
         ranks.on_main(self.acc, self._record, result, step, nimg, time.time() - t0)
         return result
+
+    def has_result(self, step: int) -> bool:
+        """Whether metrics.jsonl already holds an evaluation of ``step``."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return False
+        return any(json.loads(line).get("step") == step
+                   for line in path.read_text().splitlines() if line.strip())
 
     def _record(self, result: dict[str, float], step: int, nimg: int, seconds: float) -> None:
         """TensorBoard scalars, a metrics.jsonl row and one console line."""

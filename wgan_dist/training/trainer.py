@@ -49,29 +49,34 @@ class Trainer:
         self.device = self.acc.device
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.run_dir = cfg.run_dir
-        self.resume_from = ckpt.select_resume(self.run_dir, resume, overwrite)
-        ranks.main_then_all(self.acc, ckpt.prepare_run_dir, self.run_dir,
-                            overwrite and self.resume_from is None)
+        say = lambda m: ranks.main_print(self.acc, m)  # noqa: E731
+        self.resume_from = ckpt.select_resume(self.run_dir, resume, overwrite, log=say)
         self._setup_data()
-        # After the data: the config as run, with model.num_classes from the manifest.
-        ranks.write_text(self.acc, self.run_dir / "config.yaml", dump_yaml(cfg))
         self.G, self.D, self.ema, self.fused_adam = build_networks(self.acc, cfg)
         self.classify = bool(getattr(self.D.raw, "classifies", False))  # the critic has an AC head
         augment = DiffAugment(cfg.data.diffaug) if cfg.data.diffaug else None
         self.draws = Draws(cfg.train.seed, self.rank, self.device, self.batch,
                            cfg.model.latent_dim, self.num_classes, augment, cfg.data.resolution)
         self.steps = StepRunner(self.acc, self.fused_adam)
-        self.step, self.nimg = 0, 0
+        self.step, self.nimg, self.stopped = 0, 0, False
         if self.resume_from is not None:
             self._load(self.resume_from)
-        self.writer = ranks.make_writer(self.acc, self.run_dir / "logs")
-        self.logbook = Logbook(self.acc, self.writer, self.run_dir, cfg.log.tick_every, cfg.train.steps)
         manifest = self.shards.manifest_path
-        self.monitor = QualityMonitor(self.acc, cfg, self.writer, self.run_dir,
+        self.monitor = QualityMonitor(self.acc, cfg, ranks.NullWriter(), self.run_dir,
                                       manifest.parent if manifest is not None else None)
+        self.monitor.check_ready()  # what the evaluations will need, before any step is spent
+        # Only now, with data, models and checkpoint in hand, does the run dir get written:
+        # a start that fails leaves nothing behind, and config.yaml is the config as run
+        # (model.num_classes from the manifest, the resumed run's own settings).
+        ranks.main_then_all(self.acc, ckpt.prepare_run_dir, self.run_dir,
+                            overwrite and self.resume_from is None)
+        ranks.write_text(self.acc, self.run_dir / "config.yaml", dump_yaml(cfg))
+        self.writer = ranks.make_writer(self.acc, self.run_dir / "logs")
+        self.monitor.writer = self.writer
+        self.logbook = Logbook(self.acc, self.writer, self.run_dir, cfg.log.tick_every, cfg.train.steps)
         self.grid = SampleGrid(cfg.log.grid_size, cfg.model.latent_dim, self.num_classes,
                                cfg.train.seed, self.device)
-        self.signals = StopSignals(self.rank)
+        self.signals = StopSignals(self.rank, cfg.train.stop_grace)
 
     # ------------------------------------------------------------------ setup
     def _setup_data(self) -> None:
@@ -87,6 +92,7 @@ class Trainer:
                 cfg.data.builtin_per_class, cfg.train.seed,
                 log=lambda m: ranks.main_print(self.acc, m))
         check_shape(self.shards, cfg.data.resolution, cfg.data.channels)
+        self.shards.check()  # on every rank (headers only), so every rank stops alike
         self.num_classes = self._resolve_num_classes()
 
     def _resolve_num_classes(self) -> int:
@@ -107,16 +113,22 @@ class Trainer:
         return m.num_classes
 
     def make_batches(self, skip: int, count: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``count`` batches, the first ``skip`` of the run's stream already consumed; the
+        generator's ``close()`` shuts the loader's workers down."""
         cfg = self.cfg
         loader = pipeline.make_loader(
             self.shards.urls, rank=self.rank, world=self.world, seed=cfg.train.seed,
             batch_size=self.batch, resolution=cfg.data.resolution, channels=cfg.data.channels,
             num_batches=count, workers=cfg.data.workers, shuffle_buffer=cfg.data.shuffle_buffer,
-            hflip=cfg.data.hflip, skip_batches=skip, pin_memory=self.device.type == "cuda")
-        for i, batch in enumerate(loader):
-            if i >= count:
-                break
-            yield batch
+            hflip=cfg.data.hflip, skip_batches=skip, pin_memory=self.device.type == "cuda",
+            expected=self.shards.expected)
+        try:
+            for i, batch in enumerate(loader):
+                if i >= count:
+                    break
+                yield batch
+        finally:
+            loader.close()
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -181,15 +193,30 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def train(self) -> dict[str, float]:
+        """Run to train.steps, or until a stop signal (then ``self.stopped``: checkpointed)."""
+        cfg = self.cfg
+        n_critic = cfg.optim.n_critic
+        remaining = cfg.train.steps - self.step
+        ranks.main_print(self.acc, self.plan(remaining))
+        self.signals.install()
+        if remaining <= 0:
+            # Resumed at the end: a final evaluation that failed last time runs now.
+            if not ranks.broadcast_from_main(self.acc, ranks.on_main(
+                    self.acc, self.monitor.has_result, self.step)):
+                return self.monitor.evaluate(self.ema.model, self.step, self.nimg)
+            return {}
+        batches = self.make_batches(skip=self.step * n_critic, count=remaining * n_critic)
+        try:
+            return self._loop(batches)
+        finally:
+            batches.close()  # the loader's workers go now, whatever happened
+
+    def _loop(self, batches: Iterator) -> dict[str, float]:
         cfg, acc, log = self.cfg, self.acc, self.logbook
         n_critic, batch = cfg.optim.n_critic, cfg.train.batch_size
-        remaining = cfg.train.steps - self.step
-        ranks.main_print(acc, self.plan(remaining))
-        self.signals.install()
-        batches = self.make_batches(skip=self.step * n_critic, count=max(remaining, 0) * n_critic)
         log.start(self.nimg)
         last: dict[str, float] = {}
-        while self.step < cfg.train.steps and not self.signals.requested:
+        while self.step < cfg.train.steps:
             # --- n_critic critic phases, then one generator phase, then the EMA
             for i in range(n_critic):
                 real, y_real = self._real_batch(batches)
@@ -201,7 +228,6 @@ class Trainer:
             self.nimg += batch * n_critic
             self.ema.update(self.G.raw, ema_beta(cfg.train.ema_kimg, cfg.train.ema_rampup,
                                                  self.step * batch, batch))
-            # --- reporting: ticks, sample grids, evaluations
             done = self.step == cfg.train.steps
             if self.step % cfg.log.tick_every == 0 or done:
                 last = log.tick(self.step, self.nimg, self._lrs(), self.device)
@@ -211,14 +237,16 @@ class Trainer:
                 with torch.no_grad():
                     fake = self.G.raw(g_draws["z"])
                 self.monitor.gp_visuals(self.D.raw, real, fake, self.step)
+            # --- a stop every rank agrees on; the checkpoint before the evaluation, which
+            # may fail (a resumed run then evaluates instead of replaying the end)
+            self.stopped = ranks.all_ranks_agree(acc, self.signals.requested, "any")
+            if self.step % cfg.log.ckpt_every == 0 or done or self.stopped:
+                path = self.save()
+                if self.stopped:
+                    ranks.main_print(acc, f"stop requested: saved {path} at step {self.step}")
+                    break
             if (cfg.eval.every and self.step % cfg.eval.every == 0) or done:
                 last.update(self.monitor.evaluate(self.ema.model, self.step, self.nimg))
-            # --- checkpoints, and a stop every rank agrees on
-            self.signals.requested = ranks.all_ranks_agree(acc, self.signals.requested, "any")
-            if self.step % cfg.log.ckpt_every == 0 or done or self.signals.requested:
-                path = self.save()
-                if self.signals.requested:
-                    ranks.main_print(acc, f"stop requested: saved {path} at step {self.step}")
         return last
 
     def _lrs(self) -> dict[str, float]:
@@ -254,6 +282,7 @@ class Trainer:
         ])
 
     def close(self) -> None:
+        self.signals.uninstall()
         self.writer.close()
         ranks.main_then_all(self.acc, write_gif, self.run_dir / "samples")
         self.acc.end_training()

@@ -1,21 +1,11 @@
-"""One typed config tree: dataclasses with a documented field each.
+"""The config tree: one dataclass per section, a documented field each.
 
-Presets are small YAML files in ``configs/`` (read with ``yaml.safe_load``); the command line
-overrides any field with a dotted ``section.field=value``. The resolved tree is written into the
-run directory as ``config.yaml`` so a run can always be reproduced.
+Loading (presets, overrides, types) is in ``load``, the allowed values in ``validate``.
 """
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "configs"
 
 
 @dataclass
@@ -124,6 +114,9 @@ class TrainConfig:
     """Fused Adam where torch has it for the device (skips a non-finite step without a host sync)."""
     compile: bool = False
     """torch.compile G and the critic's plain forwards; the penalty's forward stays eager."""
+    stop_grace: float = 120.0
+    """Seconds a run may take to checkpoint and exit after a stop signal before it is ended
+    without one (a second signal ends it at once)."""
 
 
 @dataclass
@@ -137,7 +130,7 @@ class LogConfig:
     ckpt_every: int = 100
     """Generator steps between checkpoints (one is always written at the end)."""
     keep_checkpoints: int = 3
-    """Checkpoints kept in rotation (oldest removed first)."""
+    """Checkpoints kept in rotation (oldest removed first; 0 keeps all)."""
     grid_size: int = 64
     """Images in a sample grid (fixed noise, EMA generator)."""
 
@@ -185,142 +178,3 @@ class Config:
 
 class ConfigError(ValueError):
     """An impossible or unknown setting; the message says which and what is allowed."""
-
-
-def to_dict(cfg: Config) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
-def _coerce(value: Any, typ: Any, key: str) -> Any:
-    """Convert a YAML or command-line value to the field's declared type."""
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in ("1", "true", "yes", "on"):
-            return True
-        if str(value).lower() in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if typ in (int, float):
-        try:
-            if typ is int and isinstance(value, str):
-                return int(float(value)) if "e" in value.lower() else int(value)
-            return typ(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}") from None
-    if typ is str:
-        return "" if value is None else str(value)
-    return value
-
-
-def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
-    hints = typing.get_type_hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
-    for key, value in values.items():
-        dotted = f"{prefix}{key}"
-        if key not in names:
-            raise ConfigError(f"unknown setting {dotted!r}; known: {', '.join(sorted(names))}")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{dotted} is a section; give its fields, e.g. {dotted}.<field>=...")
-            _apply(current, value, dotted + ".")
-        else:
-            setattr(obj, key, _coerce(value, hints[key], dotted))
-
-
-def resolve_preset(name_or_path: str) -> Path:
-    """A preset by path, or by name from configs/ (`celeba128` -> configs/celeba128.yaml)."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    candidate = CONFIG_DIR / f"{name_or_path.removesuffix('.yaml')}.yaml"
-    if candidate.is_file():
-        return candidate
-    known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-    raise ConfigError(f"config {name_or_path!r} not found; presets: {', '.join(known)}")
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """['train.batch_size=64', ...] -> nested dict; values parsed as YAML scalars."""
-    nested: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form section.field=value")
-        key, raw = item.split("=", 1)
-        node = nested
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
-    return nested
-
-
-def load_config(preset: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the preset's YAML, then dotted overrides; validated."""
-    cfg = Config()
-    if preset:
-        path = resolve_preset(preset)
-        with open(path) as f:
-            values = yaml.safe_load(f) or {}
-        values.setdefault("name", path.stem)
-        _apply(cfg, values)
-    if overrides:
-        _apply(cfg, parse_overrides(overrides))
-    validate(cfg)
-    return cfg
-
-
-def config_from_dict(values: dict[str, Any]) -> Config:
-    """Rebuild a Config from to_dict() output (e.g. one stored in a checkpoint)."""
-    cfg = Config()
-    _apply(cfg, values)
-    return cfg
-
-
-def validate(cfg: Config) -> None:
-    from .nets import SUPPORTED_RESOLUTIONS
-
-    if cfg.data.resolution not in SUPPORTED_RESOLUTIONS:
-        raise ConfigError(
-            f"data.resolution={cfg.data.resolution} has no {cfg.model.arch} architecture; "
-            f"choose one of {SUPPORTED_RESOLUTIONS}"
-        )
-    if cfg.data.channels not in (1, 3):
-        raise ConfigError(f"data.channels={cfg.data.channels}: must be 1 or 3")
-    if cfg.loss.kind not in ("wgan-gp", "ns"):
-        raise ConfigError(f"loss.kind={cfg.loss.kind!r}: choose wgan-gp or ns")
-    if cfg.train.mixed_precision not in ("no", "bf16", "fp16"):
-        raise ConfigError(f"train.mixed_precision={cfg.train.mixed_precision!r}: choose no, bf16 or fp16")
-    for key in ("batch_size", "steps"):
-        if getattr(cfg.train, key) < 1:
-            raise ConfigError(f"train.{key} must be >= 1")
-    if cfg.optim.n_critic < 1:
-        raise ConfigError("optim.n_critic must be >= 1")
-    if cfg.model.d_norm == "batch":
-        raise ConfigError("model.d_norm=batch: the critic must not use BatchNorm with a gradient "
-                          "penalty; choose layer, instance, group or none")
-    if cfg.model.g_norm not in ("batch", "none"):
-        raise ConfigError(f"model.g_norm={cfg.model.g_norm!r}: choose batch or none")
-    _validate_conditioning(cfg)
-
-
-def _validate_conditioning(cfg: Config) -> None:
-    """Architecture, conditioning and augmentation names (from their registries)."""
-    from .nets.augment import parse_policy
-    from .nets import ARCHITECTURES, CONDITIONINGS
-
-    if cfg.model.arch not in ARCHITECTURES:
-        raise ConfigError(f"model.arch={cfg.model.arch!r} unknown; available: {', '.join(ARCHITECTURES)}")
-    if cfg.model.cond not in CONDITIONINGS:
-        raise ConfigError(f"model.cond={cfg.model.cond!r}: choose {', '.join(CONDITIONINGS)}")
-    if cfg.model.num_classes < 0 or cfg.loss.ac_weight < 0:
-        raise ConfigError("model.num_classes and loss.ac_weight must be >= 0")
-    try:
-        parse_policy(cfg.data.diffaug)
-    except ValueError as e:
-        raise ConfigError(f"data.diffaug={cfg.data.diffaug!r}: {e}") from None
-
-
-def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

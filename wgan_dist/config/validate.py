@@ -1,0 +1,81 @@
+"""The allowed values of every setting, checked when a config is loaded: a bad value stops the
+run before anything is built, with one line that names the setting and what is allowed."""
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+from .schema import Config, ConfigError
+
+_OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+
+# setting -> bounds it must satisfy, each (operator, value).
+RANGES: dict[str, tuple[tuple[str, float], ...]] = {
+    "data.workers": ((">=", 0),), "data.shuffle_buffer": ((">=", 1),),
+    "data.builtin_per_class": ((">=", 1),),
+    "model.latent_dim": ((">=", 1),), "model.g_width": ((">=", 1),), "model.d_width": ((">=", 1),),
+    "model.max_channels": ((">=", 1),), "model.num_classes": ((">=", 0),),
+    "loss.gp_weight": ((">=", 0),), "loss.drift_weight": ((">=", 0),),
+    "loss.ac_weight": ((">=", 0),),
+    "optim.lr_g": ((">=", 0),), "optim.lr_d": ((">=", 0),),  # 0 freezes a network
+    "optim.beta1": ((">=", 0), ("<", 1)), "optim.beta2": ((">=", 0), ("<", 1)),
+    "optim.n_critic": ((">=", 1),),
+    "train.batch_size": ((">=", 1),), "train.steps": ((">=", 1),), "train.seed": ((">=", 0),),
+    "train.ema_kimg": ((">", 0),), "train.ema_rampup": ((">=", 0),),
+    "train.stop_grace": ((">", 0),),
+    "log.tick_every": ((">=", 1),), "log.sample_every": ((">=", 1),),
+    "log.ckpt_every": ((">=", 1),), "log.keep_checkpoints": ((">=", 0),),
+    "log.grid_size": ((">=", 1),),
+    "eval.every": ((">=", 0),), "eval.num": ((">=", 2),), "eval.classifier_steps": ((">=", 1),),
+    "eval.collapse_threshold": ((">=", 0),), "eval.collapse_patience": ((">=", 1),),
+    "eval.collapse_warmup": ((">=", 0), ("<=", 1)),
+}
+
+# setting -> the values it may take.
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "data.channels": (1, 3),
+    "model.d_norm": ("layer", "instance", "group", "none"),
+    "model.g_norm": ("batch", "none"),
+    "loss.kind": ("wgan-gp", "ns"),
+    "train.mixed_precision": ("no", "bf16", "fp16"),
+}
+
+
+def get(cfg: Config, dotted: str) -> Any:
+    section, name = dotted.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def _check_ranges(cfg: Config) -> None:
+    for key, bounds in RANGES.items():
+        value = get(cfg, key)
+        for op, bound in bounds:
+            if not _OPS[op](value, bound):
+                allowed = " and ".join(f"{o} {b:g}" for o, b in bounds)
+                raise ConfigError(f"{key}={value!r}: must be {allowed}")
+    for key, allowed in CHOICES.items():
+        value = get(cfg, key)
+        if value not in allowed:
+            if key == "model.d_norm" and value == "batch":
+                raise ConfigError("model.d_norm=batch: the critic must not use BatchNorm with a "
+                                  "gradient penalty; choose layer, instance, group or none")
+            raise ConfigError(f"{key}={value!r}: choose {', '.join(map(str, allowed))}")
+
+
+def validate(cfg: Config) -> None:
+    """Every value against RANGES and CHOICES, then the names from the registries."""
+    from ..nets import ARCHITECTURES, CONDITIONINGS, SUPPORTED_RESOLUTIONS
+    from ..nets.augment import parse_policy
+
+    _check_ranges(cfg)
+    if cfg.data.resolution not in SUPPORTED_RESOLUTIONS:
+        raise ConfigError(f"data.resolution={cfg.data.resolution} has no {cfg.model.arch} "
+                          f"architecture; choose one of {SUPPORTED_RESOLUTIONS}")
+    if cfg.model.arch not in ARCHITECTURES:
+        raise ConfigError(f"model.arch={cfg.model.arch!r} unknown; available: {', '.join(ARCHITECTURES)}")
+    if cfg.model.cond not in CONDITIONINGS:
+        raise ConfigError(f"model.cond={cfg.model.cond!r}: choose {', '.join(CONDITIONINGS)}")
+    try:
+        parse_policy(cfg.data.diffaug)
+    except ValueError as e:
+        raise ConfigError(f"data.diffaug={cfg.data.diffaug!r}: {e}") from None
