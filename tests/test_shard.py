@@ -234,8 +234,9 @@ def test_quickdraw_npy_both_names_and_bad_files(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     builtin.save_quickdraw_npy(a, 3, seed=5)
     builtin.save_quickdraw_npy(b, 3, seed=5, prefix="full_numpy_bitmap_")
-    np.save(b / "bad_shape.npy", np.zeros((4, 28, 28), np.uint8))
-    np.save(b / "bad_dtype.npy", np.zeros((4, 784), np.float32))
+    # (N, 28, 28) uint8 and float bitmaps are valid layouts since the real-QuickDraw issue
+    np.save(b / "bad_shape.npy", np.zeros((4, 28, 27), np.uint8))
+    np.save(b / "bad_dtype.npy", np.zeros((4, 784), np.int32))
     ma = write_shards([str(a)], str(tmp_path / "sa"), **FAST)
     mb = write_shards([str(b)], str(tmp_path / "sb"), **FAST)
     assert ma["source"]["kind"] == mb["source"]["kind"] == "quickdraw"
@@ -243,8 +244,8 @@ def test_quickdraw_npy_both_names_and_bad_files(tmp_path: Path) -> None:
     assert ma["total"] == mb["total"] == 3 * len(builtin.CATEGORIES)
     assert mb["inputs"] == mb["total"] + 2
     r = reasons(mb)
-    assert "wrong shape" in r["bad_shape.npy"] and "(4, 28, 28)" in r["bad_shape.npy"]
-    assert "wrong dtype" in r["bad_dtype.npy"] and "float32" in r["bad_dtype.npy"]
+    assert "wrong shape" in r["bad_shape.npy"] and "(4, 28, 27)" in r["bad_shape.npy"]
+    assert "wrong dtype" in r["bad_dtype.npy"] and "int32" in r["bad_dtype.npy"]
     _, sa = read_set(tmp_path / "sa")
     _, sb = read_set(tmp_path / "sb")
     def by_row(samples: list[dict]) -> dict:

@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     args = p.parse_args(argv)
 
+    from .progress import to_stderr
     from .training.monitor import evaluate_checkpoint
 
     try:
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             args.checkpoint, data=args.data, num=args.num, seed=args.seed,
             use_ema=not args.no_ema, fid=args.fid, inception_weights=args.inception_weights,
             classifier=args.classifier, classifier_steps=args.classifier_steps,
-            device=args.device)
+            device=args.device, progress=to_stderr)
     except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

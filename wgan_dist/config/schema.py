@@ -12,7 +12,8 @@ from pathlib import Path
 class DataConfig:
     shards: str = "builtin"
     """Shard set: a directory with manifest.json, a brace pattern or `pipe:` URL, an image folder
-    (sharded into `cache_dir` on first use), or `builtin` for the built-in sketch dataset."""
+    (sharded into the cache on first use, rebuilt when its files change), or `builtin` for
+    the built-in sketch dataset."""
     resolution: int = 28
     """Image side in pixels; must match the shards (28, 32, 64, 128 or 256)."""
     channels: int = 1
@@ -23,10 +24,14 @@ class DataConfig:
     """Samples held in the shuffle buffer of each worker."""
     hflip: bool = False
     """Random horizontal flips of real images (off for drawings and text-like data)."""
-    cache_dir: str = "shards"
-    """Where image folders given with -d and the built-in dataset are sharded and cached."""
+    cache_dir: str = ""
+    """Where image folders given with -d and the built-in dataset are sharded; empty:
+    $WGAN_DIST_CACHE/shards (default ~/.cache/wgan_dist/shards)."""
     builtin_per_class: int = 2000
     """Drawings per category when the built-in dataset is generated."""
+    class_names: str = ""
+    """Comma list of class names for shards without a manifest (label i is the i-th name);
+    empty: the label numbers."""
     diffaug: str = ""
     """Differentiable augmentation of everything the critic sees (DiffAugment, for small
     datasets): "" (off) or a comma list of translation, cutout, color."""

@@ -239,6 +239,34 @@ def count_samples(url: str) -> int:
     return len(keys)
 
 
+def survey(url: str, limit: int | None = None) -> tuple[int, list[int], dict | None]:
+    """(samples, sorted distinct labels, the first sample) of a shard that has no manifest,
+    reading only ``cls`` entries and the first sample (mmap scanner), or everything through
+    webdataset for other tars (stopping after ``limit`` samples when given)."""
+    members = scan_plain_tar(url) if "://" not in url and not url.startswith("pipe:") else None
+    if members is None:
+        n, labels, first = 0, set(), None
+        for sample in iter_samples(url, fast=False):
+            first = first or sample
+            n += 1
+            if "cls" in sample:
+                labels.add(label_of(sample))
+            if limit and n >= limit:
+                break
+        return n, sorted(labels), first
+    keys, labels = set(), set()
+    with open(url, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        for name, start, size in members:
+            key, ext = _split_name(name)
+            if key is None or (name.startswith("__") and _TAR_META.match(name)):
+                continue
+            keys.add(key)
+            if ext.lower() == "cls":
+                labels.add(int(mm[start:start + size]))
+    first = next(iter_samples(url), None)
+    return len(keys), sorted(labels), first
+
+
 def check_shard(url: str, count: int | None, sha256: str | None = None) -> None:
     """A shard against what its manifest says: sample count (headers only) and, given
     ``sha256``, its checksum (reads the file). DataError naming the shard otherwise."""

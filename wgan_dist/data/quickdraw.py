@@ -11,15 +11,17 @@ import numpy as np
 from . import builtin
 from .records import ConvertOptions, Group, SkipError, gray_to_channels, visible_files
 
-QUICKDRAW_EXTS = (".npy", ".ndjson")
+QUICKDRAW_EXTS = (".npy", ".npz", ".ndjson")
 # Pen width, in 0..255 canvas units, for rendering .ndjson strokes: close to the look of
 # QuickDraw's own 28 px bitmaps.
 NDJSON_THICKNESS = 16.0
-_QD_PREFIXES = ("full_numpy_bitmap_", "full_simplified_", "full_raw_", "full-numpy_bitmap-")
+_QD_PREFIXES = ("full_numpy_bitmap_", "full_simplified_", "full_raw_", "full-numpy_bitmap-",
+                "full-simplified-")
 
 
 def quickdraw_class(path: str) -> str:
-    """``full_numpy_bitmap_bicycle.npy`` / ``bicycle.ndjson`` -> ``bicycle``."""
+    """``full_numpy_bitmap_bicycle.npy`` / ``full_simplified_aircraft carrier.ndjson`` /
+    ``bicycle.npz`` -> ``bicycle`` / ``aircraft carrier`` / ``bicycle``."""
     stem = os.path.splitext(os.path.basename(path))[0]
     for p in _QD_PREFIXES:
         if stem.startswith(p):
@@ -27,17 +29,55 @@ def quickdraw_class(path: str) -> str:
     return stem
 
 
+# Bitmap arrays as found in the wild: one 28x28 drawing per row, however it is laid out.
+BITMAP_SHAPES = ((784,), (1, 784), (28, 28), (1, 28, 28), (28, 28, 1))
+
+
+def open_bitmaps(path: str) -> np.ndarray:
+    """The drawings array of a ``.npy`` (memory-mapped) or a one-array ``.npz``."""
+    if path.lower().endswith(".npz"):
+        with np.load(path, allow_pickle=False) as z:
+            names = list(z.files)
+            if len(names) != 1:
+                raise ValueError(f"holds {len(names)} arrays ({', '.join(names[:5])}); one is expected")
+            return z[names[0]]
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def bitmap_scale(arr: np.ndarray) -> float:
+    """The factor that brings the array's values to 0..255 (bool and [0, 1] floats: 255).
+    Raises ValueError for dtypes or value ranges that are not bitmaps."""
+    if arr.dtype == np.uint8:
+        return 1.0
+    if arr.dtype == np.bool_:
+        return 255.0
+    if np.issubdtype(arr.dtype, np.floating):
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        if lo < 0 or not np.isfinite(hi):
+            raise ValueError(f"values from {lo:g} to {hi:g}, expected [0, 1] or [0, 255]")
+        if hi <= 1.0:
+            return 255.0
+        if hi <= 255.0:
+            return 1.0
+        raise ValueError(f"values up to {hi:g}, expected [0, 1] or [0, 255]")
+    raise ValueError("expected uint8, bool or float")
+
+
 def _npy_group(path: str) -> Group:
     skip = lambda kind, detail: Group("skip", None, 1, items=[(path, kind, detail)])  # noqa: E731
     try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as exc:  # not an .npy, pickled objects, truncated header...
-        return skip("corrupt", f"cannot read .npy ({type(exc).__name__}: {exc})")
-    if arr.ndim != 2 or arr.shape[1] != 784:
-        return skip("wrong shape", f"shape {tuple(arr.shape)}, expected (N, 784)")
-    if arr.dtype != np.uint8:
-        return skip("wrong dtype", f"dtype {arr.dtype}, expected uint8")
-    return Group("npy", quickdraw_class(path), int(arr.shape[0]), path=path)
+        arr = open_bitmaps(path)
+    except Exception as exc:  # not an .npy, pickled objects, truncated header, several arrays
+        return skip("corrupt", f"cannot read {os.path.splitext(path)[1]} ({type(exc).__name__}: {exc})")
+    layout = f"shape {tuple(arr.shape)}, dtype {arr.dtype}"
+    if arr.ndim < 2 or tuple(arr.shape[1:]) not in BITMAP_SHAPES:
+        return skip("wrong shape", f"{layout}; expected N drawings of 28x28: (N, 784), (N, 1, 784), "
+                                   f"(N, 28, 28), (N, 1, 28, 28) or (N, 28, 28, 1)")
+    try:
+        scale = bitmap_scale(arr)
+    except ValueError as exc:
+        return skip("wrong dtype", f"{layout}; {exc}")
+    return Group("npy", quickdraw_class(path), int(arr.shape[0]), path=path, items=scale)
 
 
 def _ndjson_groups(path: str) -> list[Group]:
@@ -75,12 +115,12 @@ def enumerate_quickdraw(path: str) -> list[Group]:
     groups: list[Group] = []
     for f in files:
         ext = os.path.splitext(f)[1].lower()
-        if ext == ".npy":
+        if ext in (".npy", ".npz"):
             groups.append(_npy_group(f))
         elif ext == ".ndjson":
             groups += _ndjson_groups(f)
         else:
-            groups.append(Group("skip", None, 1, items=[(f, "not QuickDraw", "not .npy/.ndjson")]))
+            groups.append(Group("skip", None, 1, items=[(f, "not QuickDraw", "not .npy/.npz/.ndjson")]))
     return groups
 
 
@@ -109,8 +149,12 @@ def load_ndjson(path: str, offset: int, opts: ConvertOptions) -> np.ndarray:
                              opts)
 
 
-def load_npy_row(path: str, row: int, opts: ConvertOptions) -> np.ndarray:
+def load_npy_row(path: str, row: int, opts: ConvertOptions, scale: float = 1.0) -> np.ndarray:
+    """Drawing ``row`` as uint8 (28 x 28), values brought to 0..255 by ``scale``."""
     arr = _NPY_CACHE.get(path)
     if arr is None:
-        arr = _NPY_CACHE[path] = np.load(path, mmap_mode="r")
-    return gray_to_channels(np.array(arr[row]).reshape(28, 28), opts)
+        arr = _NPY_CACHE[path] = open_bitmaps(path)
+    a = np.asarray(arr[row]).reshape(28, 28)
+    if a.dtype != np.uint8:
+        a = np.clip(np.rint(a.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+    return gray_to_channels(a, opts)

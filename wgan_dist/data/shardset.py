@@ -7,13 +7,16 @@ and reused afterwards; a shard directory is read through its manifest; a brace p
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import braceexpand
 
-from .format import MANIFEST, DataError, check_shard, read_manifest, shard_paths
+from ..cache import builtin_dir, shards_cache
+from .format import (MANIFEST, DataError, check_shard, decode_image, image_entry, read_manifest,
+                     shard_paths, survey)
 
 
 @dataclass
@@ -51,19 +54,101 @@ def from_manifest(path: Path) -> ShardSet:
                     list(manifest["class_names"]), manifest["total"], Path(path), expected)
 
 
-def _folder_cache(folder: Path, cache_dir: Path, resolution: int, channels: int) -> Path:
+def folder_key(folder: Path) -> str:
+    """A key of a folder's contents: every visible file's relative path, size and mtime. Add,
+    remove, replace or touch an image and the key changes (and its cached shards are rebuilt)."""
+    from .records import visible_files
+
+    h = hashlib.sha256()
+    for f in visible_files(str(folder)):
+        st = os.stat(f)
+        h.update(f"{os.path.relpath(f, folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def foreign_shards(urls: list[str], log: Callable[[str], None],
+                   class_names: list[str] | None = None) -> ShardSet:
+    """Shards written by another tool (e.g. ``webdataset.ShardWriter``), without a manifest:
+    what can be inferred is, and said. Classes come from the samples' ``cls`` entries (names
+    from ``class_names``, else the label numbers), size and channels from the first image;
+    ``pipe:`` and remote URLs are only looked at through their first shard."""
+    local = all("://" not in u and not u.startswith("pipe:") for u in urls)
+    total, labels, first = 0, set(), None
+    for url in (urls if local else urls[:1]):
+        n, found, sample = survey(url, limit=None if local else 2000)
+        total, first = total + n, first or sample
+        labels.update(found)
+    if first is None:
+        raise DataError(f"{urls[0]}: no samples in {len(urls)} shard(s) (an empty tar?)")
+    ext, data = image_entry(first)
+    resolution = channels = None
+    if ext != "u8":
+        img = decode_image(data, ext, None, None)
+        if img.shape[0] == img.shape[1]:
+            resolution = img.shape[0]
+        channels = 1 if img.shape[2] == 1 else 3
+    names = _class_names(labels, class_names, urls[0])
+    where = f"{len(urls)} shard(s)" + ("" if local else f" (only {urls[0]} looked at)")
+    log(f"no manifest.json: {where}, {total if local else '?'} samples; "
+        + (f"{resolution}x{resolution} px, {channels} channel(s) from the first image; "
+           if resolution else "size and channels from the config (raw or non-square images); ")
+        + (f"{len(names)} classes from the cls entries ({', '.join(names[:8])}"
+           f"{', ...' if len(names) > 8 else ''})" if names else "unlabelled (no cls entries)")
+        + "; evaluation needs a manifest and is skipped")
+    return ShardSet(urls, resolution, channels, names, total if local else None, None)
+
+
+def _class_names(labels: set[int], given: list[str] | None, where: str) -> list[str]:
+    if not labels:
+        if given:
+            raise DataError(f"{where}: data.class_names is set but the samples have no cls entries")
+        return []
+    k = max(labels) + 1
+    if min(labels) < 0:
+        raise DataError(f"{where}: negative class label {min(labels)} in the cls entries")
+    if given:
+        if len(given) < k:
+            raise DataError(f"{where}: labels go up to {k - 1} but data.class_names names "
+                            f"{len(given)} classes")
+        return list(given)
+    return [str(i) for i in range(k)]
+
+
+def _folder_cache(folder: Path, cache_dir: str, resolution: int, channels: int) -> Path:
     key = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:10]
-    return cache_dir / f"{folder.name}-{key}-{resolution}px-c{channels}"
+    return shards_cache(cache_dir) / f"{folder.name}-{key}-{resolution}px-c{channels}"
 
 
-def resolve_shards(spec: str, resolution: int, channels: int, cache_dir: str = "shards",
+def _cached_folder(path: Path, cache_dir: str, resolution: int, channels: int, seed: int,
+                   log: Callable[[str], None]) -> ShardSet:
+    """An image folder's shards from the cache, (re)built when missing, stale or empty."""
+    from . import write
+
+    cache, key = _folder_cache(path, cache_dir, resolution, channels), folder_key(path)
+    why = "first use"
+    if (cache / MANIFEST).is_file():
+        try:
+            m = read_manifest(cache)
+            if m["source"].get("content_key") == key and m["total"] > 0:
+                return from_manifest(cache / MANIFEST)
+            why = "the folder changed" if m["total"] > 0 else "the cached set is empty"
+        except DataError:
+            why = "the cached set is damaged"
+    log(f"sharding image folder {path} into {cache} ({why}; reused until its files change)")
+    write.write_shards([str(path)], str(cache), resolution=resolution, channels=channels,
+                       overwrite=True, seed=seed, source_info={"content_key": key})
+    return from_manifest(cache / MANIFEST)
+
+
+def resolve_shards(spec: str, resolution: int, channels: int, cache_dir: str = "",
                    builtin_per_class: int = 2000, seed: int = 0,
-                   log: Callable[[str], None] = print) -> ShardSet:
+                   log: Callable[[str], None] = print,
+                   class_names: list[str] | None = None) -> ShardSet:
     """Turn a data spec into a ShardSet, sharding the built-in set or an image folder if needed."""
     from . import write
 
     if spec == "builtin":
-        out = Path(cache_dir) / f"builtin-{resolution}px-c{channels}"
+        out = builtin_dir(cache_dir, resolution, channels)
         write.ensure_builtin_shards(str(out), resolution=resolution, channels=channels,
                                     per_class=builtin_per_class, seed=seed)
         return from_manifest(out / MANIFEST)
@@ -71,15 +156,12 @@ def resolve_shards(spec: str, resolution: int, channels: int, cache_dir: str = "
     if path.is_dir():
         if (path / MANIFEST).is_file():
             return from_manifest(path / MANIFEST)
-        if any(path.glob("shard-*.tar")) or any(path.glob(".shard-*")):
-            raise DataError(f"{path}: shard files but no {MANIFEST} -- an interrupted "
-                            f"`python -m wgan_dist.shard`? Run it again with --overwrite")
-        cache = _folder_cache(path, Path(cache_dir), resolution, channels)
-        if not (cache / MANIFEST).is_file():
-            log(f"sharding image folder {path} into {cache} (first use; reused afterwards)")
-            write.write_shards([str(path)], str(cache), resolution=resolution,
-                               channels=channels, overwrite=True, seed=seed)
-        return from_manifest(cache / MANIFEST)
+        if any(path.glob(".shard-*.tar.tmp")):
+            raise DataError(f"{path}: unfinished shards of `python -m wgan_dist.shard` and no "
+                            f"{MANIFEST} (the writer was interrupted); run it again with --overwrite")
+        if any(path.glob("*.tar")):
+            return foreign_shards(sorted(str(p) for p in path.glob("*.tar")), log, class_names)
+        return _cached_folder(path, cache_dir, resolution, channels, seed, log)
     if path.suffix == ".json" and path.is_file():
         return from_manifest(path)
     urls = list(braceexpand.braceexpand(spec)) if "{" in spec else spec.split("::")
@@ -87,7 +169,7 @@ def resolve_shards(spec: str, resolution: int, channels: int, cache_dir: str = "
         missing = [u for u in urls if not Path(u).is_file()]
         if missing:
             raise DataError(f"data.shards={spec!r}: no such file or directory: {missing[0]}")
-    return ShardSet(urls, None, None, [], None, None)
+    return foreign_shards(urls, log, class_names)
 
 
 def check_shape(shards: ShardSet, resolution: int, channels: int) -> None:

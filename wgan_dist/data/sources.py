@@ -182,7 +182,7 @@ def detect_kind(path: str) -> str:
     if os.path.isfile(path):
         if path.lower().endswith(QUICKDRAW_EXTS):
             return "quickdraw"
-        raise ValueError(f"{path}: a single input file must be .npy or .ndjson")
+        raise ValueError(f"{path}: a single input file must be .npy, .npz or .ndjson")
     if find_celeba_dir(path) is not None:
         return "celeba"
     names = [n.lower() for n in os.listdir(path) if not n.startswith(".")]
@@ -231,7 +231,7 @@ def load_item(group: Group, j: int, opts: ConvertOptions) -> Record | Skip:
         if group.loader == "image":
             return Record(src, read_image(src, opts))
         if group.loader == "npy":
-            return Record(src, load_npy_row(group.path, j, opts))
+            return Record(src, load_npy_row(group.path, j, opts, group.items or 1.0))
         if group.loader == "ndjson":
             return Record(src, load_ndjson(group.path, int(group.items[j][0]), opts))
         sketch = builtin.render_sample(group.param, j, opts.seed, opts.resolution)

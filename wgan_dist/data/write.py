@@ -30,6 +30,14 @@ from .sources import ConvertOptions, Group, Record, class_names_of, collect, loa
 
 TAR_MTIME = 0  # fixed member mtime: identical inputs give byte-identical shards
 
+class NoSamplesError(ValueError):
+    """Nothing could be written: no inputs, or every input was skipped (``skipped`` says why)."""
+
+    def __init__(self, message: str, skipped: list[dict]) -> None:
+        super().__init__(message)
+        self.skipped = skipped
+
+
 class OutputNotEmptyError(FileExistsError):
     """The output directory holds files and ``overwrite`` was not given."""
 
@@ -170,12 +178,34 @@ def _check_args(resolution: int, channels: int, per_shard: int, encoding: str,
         raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
 
 
+def _write_samples(results: Iterator, n: int, sink: _ShardSink, ext: str, groups: list[Group],
+                   index: dict[str, int] | None, progress: bool) -> tuple[list, Counter, int]:
+    """Results in order -> samples in the sink; (skipped, per-class counts, samples written).
+    ``index``: class name -> label, None for an unlabelled set."""
+    from tqdm import tqdm
+
+    skipped, per_class, total = [], Counter(), 0
+    for gi, src, payload, reason in tqdm(results, total=n, disable=not progress, unit="img",
+                                         desc="sharding", leave=False):
+        if payload is None:
+            skipped.append({"input": src, "reason": reason})
+            continue
+        sample = {"__key__": f"{total:09d}", ext: payload, "src": src.encode("utf-8")}
+        if index is not None:
+            sample["cls"] = str(index[groups[gi].cls]).encode("ascii")
+            per_class[groups[gi].cls] += 1
+        sink.add(sample)
+        total += 1
+    return skipped, per_class, total
+
+
 def write_shards(sources: list[str], out_dir: str, *, kind: str = "auto", resolution: int = 28,
                  channels: int = 1, per_shard: int = 1000, encoding: str = "png",
                  jpeg_quality: int = 95, workers: int = 1, limit: int | None = None,
                  limit_per_class: int | None = None, seed: int = 0, overwrite: bool = False,
                  builtin_per_class: int = 2000, progress: bool = True,
-                 crop: int | None = None, min_size: int | None = None) -> dict:
+                 crop: int | None = None, min_size: int | None = None,
+                 source_info: dict | None = None) -> dict:
     """Convert ``sources`` into a shard set in ``out_dir``; returns the manifest written."""
     _check_args(resolution, channels, per_shard, encoding, jpeg_quality, workers,
                 (limit, limit_per_class))
@@ -187,25 +217,22 @@ def write_shards(sources: list[str], out_dir: str, *, kind: str = "auto", resolu
     class_names = class_names_of(groups) if labelled else []
     index = {c: i for i, c in enumerate(class_names)}
     order = _select(groups, limit, limit_per_class, seed)
+    if not len(order):
+        raise NoSamplesError(f"no inputs in {', '.join(sources)} (expected image files, class "
+                             f"subfolders of images, QuickDraw .npy/.npz/.ndjson files or "
+                             f"'builtin'); nothing was written", [])
+    created = not os.path.exists(out_dir)
     _prepare_out_dir(out_dir, overwrite)  # after enumeration: a bad path leaves no trace
     opts = ConvertOptions(resolution, channels, crop, min_size, seed)
     ext = ENC_EXT[encoding]
     sink = _ShardSink(out_dir, per_shard)
-    skipped, per_class, total = [], Counter(), 0
     try:
-        from tqdm import tqdm
         with _results(order, workers, (groups, opts, encoding, jpeg_quality)) as results:
-            for gi, src, payload, reason in tqdm(results, total=len(order), disable=not progress,
-                                                 unit="img", desc="sharding", leave=False):
-                if payload is None:
-                    skipped.append({"input": src, "reason": reason})
-                    continue
-                sample = {"__key__": f"{total:09d}", ext: payload, "src": src.encode("utf-8")}
-                if labelled:
-                    sample["cls"] = str(index[groups[gi].cls]).encode("ascii")
-                    per_class[groups[gi].cls] += 1
-                sink.add(sample)
-                total += 1
+            skipped, per_class, total = _write_samples(results, len(order), sink, ext, groups,
+                                                       index if labelled else None, progress)
+        if total == 0:
+            raise NoSamplesError(f"no samples written: all {len(order)} inputs of "
+                                 f"{', '.join(sources)} were skipped", skipped)
         manifest = {
             "format": FORMAT, "resolution": resolution, "channels": channels,
             "encoding": encoding, "jpeg_quality": jpeg_quality if encoding == "jpeg" else None,
@@ -214,7 +241,8 @@ def write_shards(sources: list[str], out_dir: str, *, kind: str = "auto", resolu
             "shards": sink.finish(), "skipped": skipped,
             "source": {"kind": kind, "paths": list(sources), "limit": limit,
                        "limit_per_class": limit_per_class, "crop": crop, "min_size": min_size,
-                       **({"per_class": builtin_per_class} if kind == "builtin" else {})},
+                       **({"per_class": builtin_per_class} if kind == "builtin" else {}),
+                       **(source_info or {})},
             "seed": seed, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         tmp = os.path.join(out_dir, MANIFEST + ".tmp")
@@ -223,6 +251,8 @@ def write_shards(sources: list[str], out_dir: str, *, kind: str = "auto", resolu
         os.replace(tmp, os.path.join(out_dir, MANIFEST))
     except BaseException:
         sink.abort()
+        if created and os.path.isdir(out_dir) and not os.listdir(out_dir):
+            os.rmdir(out_dir)  # a failed run leaves nothing that looks like a set
         raise
     return manifest
 

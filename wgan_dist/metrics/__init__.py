@@ -74,6 +74,7 @@ def evaluate_samples(
     inception_weights: str | os.PathLike | None = None,
     diversity_features: nn.Module | None = None,
     seed: int = 0,
+    progress=None,
 ) -> dict[str, float]:
     """All metrics that apply to the given inputs, as one flat dict of floats.
 
@@ -88,7 +89,7 @@ def evaluate_samples(
     out: dict[str, float] = {}
     if fid_features is not None:
         out.update(compute_fid_kid(real, fake, fid_features, inception_weights=inception_weights,
-                                   device=fake.device, seed=seed))
+                                   device=fake.device, seed=seed, progress=progress))
     if swd and min(real.shape[-2:]) >= 7:
         out.update({f"swd_{k}": v for k, v in sliced_wasserstein(real, fake, seed=seed).items()})
     if classifier is not None:

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..data.format import (decode_image, file_sha256, image_entry, iter_samples, label_of,
                            read_manifest, shard_paths)
+from ..progress import Heartbeat, Say
 from .fid import extract_features, fid_from_features
 
 Tensor = torch.Tensor
@@ -125,9 +126,10 @@ def _shift_augment(x: Tensor, max_shift: int, gen: torch.Generator) -> Tensor:
 def train_classifier(
     images: Tensor, labels: Tensor, n_classes: int, *, steps: int = 2000, batch_size: int = 64,
     lr: float = 2e-3, width: int = 32, max_shift: int = 2, seed: int = 0,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "cpu", progress: Say | None = None,
 ) -> DomainClassifier:
-    """Adam on cross-entropy with a cosine learning-rate decay; returns the model in eval mode."""
+    """Adam on cross-entropy with a cosine learning-rate decay; returns the model in eval mode.
+    ``progress`` hears a heartbeat line every 10 s."""
     gen = torch.Generator().manual_seed(seed)
     # Seeded parameter init without disturbing the caller's (e.g. the trainer's) RNG stream.
     with torch.random.fork_rng(devices=[]):
@@ -136,7 +138,8 @@ def train_classifier(
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     model.train()
-    for _ in range(steps):
+    beat = Heartbeat("training the domain classifier", steps, "steps", progress)
+    for step in range(steps):
         idx = torch.randint(0, images.shape[0], (min(batch_size, images.shape[0]),), generator=gen)
         x = _shift_augment(images[idx], max_shift, gen).to(device)
         loss = F.cross_entropy(model(x), labels[idx].to(device))
@@ -144,6 +147,8 @@ def train_classifier(
         loss.backward()
         opt.step()
         sched.step()
+        beat(step + 1)
+    beat.finish()
     return model.eval()
 
 
@@ -154,13 +159,16 @@ def _cache_key(shard_dir: Path, settings: dict) -> str:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "wgan_dist")) / "classifiers"
+    from ..cache import cache_root
+
+    return cache_root() / "classifiers"
 
 
 def get_or_train_classifier(
     shard_dir: str | os.PathLike, *, steps: int = 2000, limit: int | None = None,
     cache_dir: str | os.PathLike | None = None, width: int = 32, batch_size: int = 64, seed: int = 0,
     device: str | torch.device | None = None, retrain: bool = False,
+    progress: Say | None = None,
 ) -> DomainClassifier:
     """Load the cached classifier for this shard set, or train and cache it.
 
@@ -191,8 +199,10 @@ def get_or_train_classifier(
     if labels is None:
         raise ValueError(f"{shard_dir} is unlabelled; a domain classifier needs class labels")
     n_classes = max(len(names), int(labels.max()) + 1)
+    (progress or (lambda m: None))(f"training a domain classifier for {shard_dir} ({steps} steps, "
+                                   f"cached in {path.parent} for later evaluations)")
     model = train_classifier(images, labels, n_classes, steps=steps, batch_size=batch_size,
-                             width=width, seed=seed, device=device)
+                             width=width, seed=seed, device=device, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

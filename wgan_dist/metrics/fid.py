@@ -25,6 +25,8 @@ import scipy.linalg
 import torch
 from torch import nn
 
+from ..progress import Heartbeat, Say
+
 Tensor = torch.Tensor
 
 INCEPTION_ENV = "WGAN_DIST_INCEPTION_WEIGHTS"
@@ -57,7 +59,8 @@ def frechet_distance(
         covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
     # Rounding can leave a tiny imaginary part on a real square root; drop it.
     covmean = np.real(covmean)
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+    # >= 0 in exact arithmetic; a tiny negative result is rounding in sqrtm for close sets.
+    return max(0.0, float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean)))
 
 
 def feature_stats(features: Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -174,16 +177,20 @@ def build_extractor(
 
 
 @torch.no_grad()
-def extract_features(extractor: nn.Module, images: Tensor, batch_size: int = 64) -> Tensor:
-    """Run ``extractor`` over [-1, 1] images in batches; float64 ``(N, D)`` on the CPU."""
+def extract_features(extractor: nn.Module, images: Tensor, batch_size: int = 64,
+                     progress: Say | None = None) -> Tensor:
+    """Run ``extractor`` over [-1, 1] images in batches; float64 ``(N, D)`` on the CPU.
+    ``progress`` hears a heartbeat line every 10 s."""
     device = next((p.device for p in extractor.parameters()), images.device)
     was_training = extractor.training
     extractor.eval()  # dropout / batch-norm statistics must not change the features
+    beat = Heartbeat("features", images.shape[0], "images", progress) if progress else None
+    out = []
     try:
-        out = [
-            extractor(images[i:i + batch_size].to(device)).flatten(1).double().cpu()
-            for i in range(0, images.shape[0], batch_size)
-        ]
+        for i in range(0, images.shape[0], batch_size):
+            out.append(extractor(images[i:i + batch_size].to(device)).flatten(1).double().cpu())
+            if beat:
+                beat(i + batch_size)
     finally:
         extractor.train(was_training)
     return torch.cat(out)
@@ -212,12 +219,13 @@ class FeatureFID:
         kid_subset_size: int = 1000,
         seed: int = 0,
         sync_on_compute: bool = False,
+        progress: Say | None = None,
     ) -> None:
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.kid import KernelInceptionDistance
 
         self.extractor = build_extractor(feature_extractor, inception_weights, device)
-        self.batch_size = batch_size
+        self.batch_size, self.progress = batch_size, progress
         self.kid_subset_size = kid_subset_size
         self.seed = seed
         self._fid: FrechetInceptionDistance | None = None
@@ -232,7 +240,7 @@ class FeatureFID:
 
     def update(self, images: Tensor, real: bool) -> None:
         """Add a batch of [-1, 1] images to the real or the fake side."""
-        feats = extract_features(self.extractor, images, self.batch_size)
+        feats = extract_features(self.extractor, images, self.batch_size, self.progress)
         self.update_features(feats, real)
 
     def update_features(self, features: Tensor, real: bool) -> None:
@@ -254,14 +262,18 @@ class FeatureFID:
         n_fake = int(self._fid.fake_features_num_samples)
         if min(n_real, n_fake) < 2:
             raise RuntimeError(f"need >= 2 real and fake samples, have {n_real} real, {n_fake} fake")
-        fid = float(self._fid.compute())
+        # Clamped at 0: the distance is >= 0, and a negative value is rounding in the matrix
+        # square root (float64 sqrtm of a near-singular product) when the two sets are close.
+        fid = max(0.0, float(self._fid.compute()))
         self._kid.subset_size = min(self.kid_subset_size, n_real, n_fake)
         # KID draws its subsets from the global RNG; fork it so the value is a function of
         # the inputs and the seed, and the caller's RNG stream is left untouched.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             kid_mean, kid_std = self._kid.compute()
-        return {"fid": fid, "kid_mean": float(kid_mean), "kid_std": float(kid_std)}
+        # KID's estimator is unbiased, so for matching sets it scatters around 0 and can dip
+        # below; a squared distance is >= 0, and that is what is reported.
+        return {"fid": fid, "kid_mean": max(0.0, float(kid_mean)), "kid_std": float(kid_std)}
 
     def reset(self, keep_real: bool = False) -> None:
         """Forget the fake side (and the real side unless ``keep_real``)."""

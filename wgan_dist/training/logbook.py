@@ -9,7 +9,7 @@ from __future__ import annotations
 import resource
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator
@@ -46,23 +46,68 @@ def status_line(step: int, steps: int, s: dict[str, float]) -> str:
             f"mem {s['peak_mem_gb']:.2f}GB")
 
 
+class RunLog:
+    """Everything the console shows, also kept in the run's log.txt (main process only).
+
+    Lines said before the run dir exists (resume notes, sharding) are kept and written when
+    it is opened, so a failed start leaves no directory behind and a started one loses no
+    line. ``beat`` prints a progress line when nothing was said for ``every`` seconds."""
+
+    def __init__(self, acc: Accelerator, every: float = 10.0) -> None:
+        self.acc, self.every = acc, every
+        self.path: Path | None = None
+        self.pending: list[str] = []
+        self.last = time.time()
+
+    def open(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / "log.txt"
+        for line in self.pending:
+            append_line(self.acc, self.path, line)
+        self.pending = []
+
+    def record(self, text: str) -> None:
+        """Into log.txt only (the console already has it, e.g. an error line on stderr)."""
+        if self.path is None:
+            self.pending.append(text)
+        else:
+            append_line(self.acc, self.path, text)
+
+    def say(self, text: str) -> None:
+        main_print(self.acc, text)
+        self.record(text)
+        self.last = time.time()
+
+    def beat(self, text: Callable[[], str]) -> None:
+        """Say ``text()`` if the console has been silent for ``every`` seconds (host clock
+        only: no device sync)."""
+        if time.time() - self.last >= self.every:
+            self.say(text())
+
+
 class Logbook:
     """Sums a tick's statistics, then reports them (every rank calls ``tick`` together)."""
 
-    def __init__(self, acc: Accelerator, writer: Any, run_dir: Path, tick_every: int,
+    def __init__(self, acc: Accelerator, writer: Any, runlog: RunLog, tick_every: int,
                  steps: int) -> None:
-        self.acc, self.writer, self.log_path = acc, writer, Path(run_dir) / "log.txt"
+        self.acc, self.writer, self.runlog = acc, writer, runlog
         self.tick_every, self.steps = tick_every, steps
         self.sums: dict[str, torch.Tensor] = {}
         self.start(0)
 
     def say(self, text: str) -> None:
-        """Print on the main process and keep it in log.txt."""
-        main_print(self.acc, text)
-        append_line(self.acc, self.log_path, text)
+        self.runlog.say(text)
 
     def start(self, nimg: int) -> None:
         self.sums, self.t0, self.nimg0 = {}, time.time(), nimg
+
+    def beat(self, step: int, nimg: int) -> None:
+        """A line before the first tick and between slow ticks: the run is alive."""
+        def line() -> str:
+            ips = (nimg - self.nimg0) / max(time.time() - self.t0, 1e-9)
+            nxt = (step // self.tick_every + 1) * self.tick_every
+            return (f"... step {step}/{self.steps}, {ips:.1f} img/s so far this tick (next "
+                    f"status line at step {min(nxt, self.steps)})")
+        self.runlog.beat(line)
 
     def add(self, stats: dict[str, torch.Tensor], weight: float) -> None:
         for k, v in stats.items():

@@ -13,7 +13,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator
@@ -26,11 +26,12 @@ from ..nets import classes_in_turn
 
 class QualityMonitor:
     def __init__(self, acc: Accelerator, cfg: Config, writer: Any, run_dir: Path,
-                 shard_dir: Path | None) -> None:
+                 shard_dir: Path | None, say: Callable[[str], None] | None = None) -> None:
         from ..metrics import CollapseAlarm
 
         self.acc, self.cfg, self.writer, self.run_dir = acc, cfg, writer, run_dir
         self.shard_dir = shard_dir
+        self.say = say or (lambda m: ranks.main_print(acc, m))
         self.alarm = CollapseAlarm(cfg.eval.collapse_threshold, cfg.eval.collapse_patience)
         self.alarms: list[str] = []
         self._real: tuple[torch.Tensor, torch.Tensor | None] | None = None
@@ -96,7 +97,7 @@ class QualityMonitor:
         if warm and self.alarm.update(reduced):
             msg = f"WARNING step {step}: {self.alarm.message}"
             self.alarms.append(msg)
-            ranks.main_print(self.acc, msg)
+            self.say(msg)
             self.writer.add_text("Alerts/mode_collapse", msg, step)
             self.writer.add_scalar("Alerts/mode_collapse", 1.0, step)
         return reduced
@@ -145,7 +146,7 @@ class QualityMonitor:
     def evaluate(self, generator: torch.nn.Module, step: int, nimg: int) -> dict[str, float]:
         """Every rank generates; rank 0 computes and writes; the result is broadcast back."""
         if self.shard_dir is None:
-            ranks.main_print(self.acc, "evaluation skipped: the shards have no manifest.json")
+            self.say("evaluation skipped: the shards have no manifest.json")
             return {}
         t0 = time.time()
         fake, fake_labels = self.generate_global(generator, self.cfg.eval.num)
@@ -171,7 +172,7 @@ class QualityMonitor:
             f.write(json.dumps(row) + "\n")
         shown = "  ".join(f"{k} {v:.4g}" for k, v in result.items()
                           if k in ("fid", "kid_mean", "swd_avg", "div_ratio", "cls_acc", "cls_covered", "cls_rkl"))
-        print(f"eval step {step}: {shown}  ({row['seconds']}s)", flush=True)
+        self.say(f"eval step {step}: {shown}  ({row['seconds']}s)")
 
     def _compute(self, fake: torch.Tensor, fake_labels: torch.Tensor | None) -> dict[str, float]:
         from ..metrics import evaluate_samples, get_or_train_classifier
@@ -179,11 +180,13 @@ class QualityMonitor:
         real, labels = self._real_set()
         ev = self.cfg.eval
         if ev.classifier and labels is not None and self._classifier is None:
-            self._classifier = get_or_train_classifier(str(self.shard_dir), steps=ev.classifier_steps)
+            self._classifier = get_or_train_classifier(str(self.shard_dir), steps=ev.classifier_steps,
+                                                       progress=self.say)
         return evaluate_samples(
             fake, real, fake_labels=fake_labels, real_labels=labels, classifier=self._classifier,
             fid_features="inception" if ev.fid else None,
-            inception_weights=ev.inception_weights or None, seed=self.cfg.train.seed)
+            inception_weights=ev.inception_weights or None, seed=self.cfg.train.seed,
+            progress=self.say)
 
 
 class _Features(torch.nn.Module):
@@ -200,11 +203,13 @@ class _Features(torch.nn.Module):
 def evaluate_checkpoint(checkpoint: str, *, data: str | None = None, num: int = 5000,
                         seed: int = 0, use_ema: bool = True, fid: bool = False,
                         inception_weights: str | None = None, classifier: bool = False,
-                        classifier_steps: int = 2000, device: str = "cpu") -> dict[str, Any]:
+                        classifier_steps: int = 2000, device: str = "cpu",
+                        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The quality of a checkpoint's generator against real shards (``evaluate``'s JSON row).
 
     ``data`` defaults to the run's own shards. A conditional generator draws the classes in
     turn, and the classifier's accuracy is measured against those requested labels."""
+    from ..cache import builtin_dir
     from ..metrics import evaluate_samples, get_or_train_classifier, load_shard_tensors
     from .samples import load_generator, sample
 
@@ -212,7 +217,7 @@ def evaluate_checkpoint(checkpoint: str, *, data: str | None = None, num: int = 
     cfg = meta["config"]
     data = data or cfg.data.shards
     if data == "builtin":  # the trainer's cache of the built-in set
-        data = f"{cfg.data.cache_dir}/builtin-{cfg.data.resolution}px-c{cfg.data.channels}"
+        data = str(builtin_dir(cfg.data.cache_dir, cfg.data.resolution, cfg.data.channels))
     if not (Path(data) / "manifest.json").is_file():
         raise FileNotFoundError(f"{data}: not a shard dir with manifest.json (give --data)")
     real, labels, _ = load_shard_tensors(data, limit=num)
@@ -220,9 +225,10 @@ def evaluate_checkpoint(checkpoint: str, *, data: str | None = None, num: int = 
         raise ValueError(f"{data} is unlabelled; --classifier needs class labels")
     fake_labels = classes_in_turn(num, g.num_classes)
     fake = sample(g, num, seed=seed, labels=fake_labels)
-    clf = get_or_train_classifier(data, steps=classifier_steps) if classifier else None
+    clf = (get_or_train_classifier(data, steps=classifier_steps, progress=progress)
+           if classifier else None)
     result = evaluate_samples(fake, real, fake_labels=fake_labels, real_labels=labels,
                               classifier=clf, fid_features="inception" if fid else None,
-                              inception_weights=inception_weights, seed=seed)
+                              inception_weights=inception_weights, seed=seed, progress=progress)
     return {"checkpoint": meta["path"], "step": meta["step"], "kimg": meta["nimg"] / 1000,
             "num_fake": len(fake), "num_real": len(real), **result}

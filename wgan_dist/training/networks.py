@@ -70,7 +70,8 @@ def _adam(module: nn.Module, lr: float, cfg: Config, fused: bool) -> torch.optim
                             fused=True if fused else None)
 
 
-def build_networks(acc: Accelerator, cfg: Config) -> tuple[Network, Network, EMA, bool]:
+def build_networks(acc: Accelerator, cfg: Config,
+                   say: Callable[[str], None] | None = None) -> tuple[Network, Network, EMA, bool]:
     """(generator, critic, generator EMA, whether Adam is fused), on the accelerator's device.
 
     The same initialisation on every rank (seeded from the run's seed)."""
@@ -81,8 +82,9 @@ def build_networks(acc: Accelerator, cfg: Config) -> tuple[Network, Network, EMA
     ema = EMA(g)
     fused = cfg.train.fused_adam and fused_adam_available(acc.device)
     if cfg.train.fused_adam and not fused:
-        main_print(acc, f"note: train.fused_adam: torch {torch.__version__} has no fused Adam "
-                        f"on {acc.device.type}; using the foreach Adam")
+        (say or (lambda m: main_print(acc, m)))(
+            f"note: train.fused_adam: torch {torch.__version__} has no fused Adam on "
+            f"{acc.device.type}; using the foreach Adam")
     opt_g, opt_d = _adam(g, cfg.optim.lr_g, cfg, fused), _adam(d, cfg.optim.lr_d, cfg, fused)
     g_wrapped, d_wrapped, opt_g, opt_d = acc.prepare(g, d, opt_g, opt_d)
     ema.model.to(acc.device)

@@ -24,7 +24,7 @@ from ..objective import critic_phase, generator_phase
 from . import checkpoint as ckpt
 from .draws import Draws
 from .ema import ema_beta
-from .logbook import Logbook
+from .logbook import Logbook, RunLog
 from .monitor import QualityMonitor
 from .networks import build_networks
 from .samples import SampleGrid, write_gif
@@ -49,10 +49,11 @@ class Trainer:
         self.device = self.acc.device
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.run_dir = cfg.run_dir
-        say = lambda m: ranks.main_print(self.acc, m)  # noqa: E731
+        self.runlog = RunLog(self.acc)  # console lines, kept for log.txt
+        say = self.runlog.say
         self.resume_from = ckpt.select_resume(self.run_dir, resume, overwrite, log=say)
         self._setup_data()
-        self.G, self.D, self.ema, self.fused_adam = build_networks(self.acc, cfg)
+        self.G, self.D, self.ema, self.fused_adam = build_networks(self.acc, cfg, say)
         self.classify = bool(getattr(self.D.raw, "classifies", False))  # the critic has an AC head
         augment = DiffAugment(cfg.data.diffaug) if cfg.data.diffaug else None
         self.draws = Draws(cfg.train.seed, self.rank, self.device, self.batch,
@@ -63,7 +64,7 @@ class Trainer:
             self._load(self.resume_from)
         manifest = self.shards.manifest_path
         self.monitor = QualityMonitor(self.acc, cfg, ranks.NullWriter(), self.run_dir,
-                                      manifest.parent if manifest is not None else None)
+                                      manifest.parent if manifest is not None else None, say)
         self.monitor.check_ready()  # what the evaluations will need, before any step is spent
         # Only now, with data, models and checkpoint in hand, does the run dir get written:
         # a start that fails leaves nothing behind, and config.yaml is the config as run
@@ -71,9 +72,11 @@ class Trainer:
         ranks.main_then_all(self.acc, ckpt.prepare_run_dir, self.run_dir,
                             overwrite and self.resume_from is None)
         ranks.write_text(self.acc, self.run_dir / "config.yaml", dump_yaml(cfg))
+        self.runlog.open(self.run_dir)
         self.writer = ranks.make_writer(self.acc, self.run_dir / "logs")
         self.monitor.writer = self.writer
-        self.logbook = Logbook(self.acc, self.writer, self.run_dir, cfg.log.tick_every, cfg.train.steps)
+        self.logbook = Logbook(self.acc, self.writer, self.runlog, cfg.log.tick_every,
+                               cfg.train.steps)
         self.grid = SampleGrid(cfg.log.grid_size, cfg.model.latent_dim, self.num_classes,
                                cfg.train.seed, self.device)
         self.signals = StopSignals(self.rank, cfg.train.stop_grace)
@@ -90,7 +93,8 @@ class Trainer:
             self.shards = resolve_shards(
                 cfg.data.shards, cfg.data.resolution, cfg.data.channels, cfg.data.cache_dir,
                 cfg.data.builtin_per_class, cfg.train.seed,
-                log=lambda m: ranks.main_print(self.acc, m))
+                log=self.runlog.say,
+                class_names=[c.strip() for c in cfg.data.class_names.split(",") if c.strip()])
         check_shape(self.shards, cfg.data.resolution, cfg.data.channels)
         self.shards.check()  # on every rank (headers only), so every rank stops alike
         self.num_classes = self._resolve_num_classes()
@@ -155,8 +159,8 @@ class Trainer:
             self.acc.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng_torch"])
         self.step, self.nimg = int(state["step"]), int(state["nimg"])
-        ranks.main_print(self.acc, ckpt.resume_message(state, config_from_dict(state["config"]),
-                                                       self.cfg, self.world, self.batch))
+        self.runlog.say(ckpt.resume_message(state, config_from_dict(state["config"]),
+                                            self.cfg, self.world, self.batch))
 
     def save(self) -> Path | None:
         return ranks.main_then_all(self.acc, lambda: ckpt.save_checkpoint(
@@ -197,7 +201,7 @@ class Trainer:
         cfg = self.cfg
         n_critic = cfg.optim.n_critic
         remaining = cfg.train.steps - self.step
-        ranks.main_print(self.acc, self.plan(remaining))
+        self.runlog.say(self.plan(remaining))
         self.signals.install()
         if remaining <= 0:
             # Resumed at the end: a final evaluation that failed last time runs now.
@@ -229,6 +233,7 @@ class Trainer:
             self.ema.update(self.G.raw, ema_beta(cfg.train.ema_kimg, cfg.train.ema_rampup,
                                                  self.step * batch, batch))
             done = self.step == cfg.train.steps
+            log.beat(self.step, self.nimg)
             if self.step % cfg.log.tick_every == 0 or done:
                 last = log.tick(self.step, self.nimg, self._lrs(), self.device)
                 last.update(self.monitor.check_diversity(self.G.raw, self.D.raw, real, self.step))
@@ -243,7 +248,7 @@ class Trainer:
             if self.step % cfg.log.ckpt_every == 0 or done or self.stopped:
                 path = self.save()
                 if self.stopped:
-                    ranks.main_print(acc, f"stop requested: saved {path} at step {self.step}")
+                    log.say(f"stop requested: saved {path} at step {self.step}")
                     break
             if (cfg.eval.every and self.step % cfg.eval.every == 0) or done:
                 last.update(self.monitor.evaluate(self.ema.model, self.step, self.nimg))
