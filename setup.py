@@ -21,7 +21,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest"],
+        "test": ["pytest", "deepspeed"],
         "fid": ["torch-fidelity"],
         "deepspeed": ["deepspeed"],
     },

@@ -18,27 +18,34 @@ from pathlib import Path
 import torch
 
 from . import exits
+from .exits import HelpFormatter
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m wgan_dist.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run dir (newest)")
     p.add_argument("--data", default=None,
                    help="real shard dir (default: the checkpoint's data.shards)")
     p.add_argument("--num", type=int, default=5000, help="generated and real images")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-ema", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated samples and the metrics")
+    p.add_argument("--no-ema", action="store_true", help="score the raw generator, not its EMA")
     p.add_argument("--fid", action="store_true", help="FID/KID on Inception-v3 features")
     p.add_argument("--inception-weights", default=None,
                    help="local FID Inception weights (else $WGAN_DIST_INCEPTION_WEIGHTS)")
     p.add_argument("--classifier", action="store_true",
                    help="domain-classifier metrics (labelled shards; trained once and cached)")
-    p.add_argument("--classifier-steps", type=int, default=2000)
+    p.add_argument("--classifier-steps", type=int, default=2000,
+                   help="training steps of the domain classifier (cached per shard set)")
     p.add_argument("--out", default=None, help="write the JSON here too")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where generator and metrics run")
     p.add_argument("--debug", action="store_true", help="print the traceback of an error too")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     from .progress import to_stderr
     from .training.monitor import evaluate_checkpoint

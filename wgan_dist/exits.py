@@ -12,12 +12,24 @@
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import traceback
 from typing import Callable
 
 OK, FAILED, REFUSED, STOPPED = 0, 1, 2, 75
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and each option's default after its help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.option_strings and "%(default)" not in text and "default" not in text
+                and action.default not in (None, False, [], argparse.SUPPRESS)):
+            text += " (default: %(default)s)"
+        return text
 
 
 class Stopped(Exception):

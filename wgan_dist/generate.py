@@ -22,6 +22,7 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from . import exits
+from .exits import HelpFormatter
 from .nets import GeneratorBase
 from .training.samples import class_grid, class_ids, interpolate, load_generator, sample
 
@@ -42,7 +43,7 @@ def _selected_classes(g: GeneratorBase, requested: list[str], per_class_grid: bo
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m wgan_dist.generate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory (newest)")
     p.add_argument("--num", type=int, default=None,
                    help="images to write, per class for a conditional model (default 64; "
@@ -53,12 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class-grid", action="store_true",
                    help="write only per_class_grid.png: one row per class, same latents per column")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="latent seed: the same seed, the same images")
     p.add_argument("--no-ema", action="store_true", help="use the raw generator, not its EMA")
     p.add_argument("--interpolate", type=int, metavar="ROWS", default=0,
                    help="write ROWS latent interpolation strips instead of samples")
     p.add_argument("--steps", type=int, default=10, help="images per interpolation strip")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the generator runs")
     p.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     return p
 

@@ -1,12 +1,18 @@
-"""A heartbeat for long phases (classifier training, feature extraction, evaluation): one
-line at most every ``every`` seconds, so nothing runs silent for minutes."""
+"""A heartbeat for long phases (classifier training, feature extraction, evaluation, the
+first steps of a run): one line at most every ``every`` seconds -- ``$WGAN_DIST_HEARTBEAT``,
+default 10 -- so nothing runs silent for minutes."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Callable
 
 Say = Callable[[str], None]
+
+
+def heartbeat_seconds() -> float:
+    return float(os.environ.get("WGAN_DIST_HEARTBEAT") or 10.0)
 
 
 def to_stderr(text: str) -> None:
@@ -18,9 +24,9 @@ class Heartbeat:
     since the last line; ``hb.finish()`` says how long it took, if that was long."""
 
     def __init__(self, what: str, total: int | None = None, unit: str = "",
-                 say: Say | None = None, every: float = 10.0) -> None:
+                 say: Say | None = None, every: float | None = None) -> None:
         self.what, self.total, self.unit = what, total, unit
-        self.say, self.every = say or to_stderr, every
+        self.say, self.every = say or to_stderr, heartbeat_seconds() if every is None else every
         self.t0 = self.last = time.time()
 
     def __call__(self, done: int) -> None:

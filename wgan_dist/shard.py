@@ -20,6 +20,7 @@ import os
 import sys
 
 from . import exits
+from .exits import HelpFormatter
 from .data.format import ENC_EXT, MANIFEST
 from .data.write import NoSamplesError, summary_line, write_shards
 
@@ -27,8 +28,7 @@ from .data.write import NoSamplesError, summary_line, write_shards
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         allow_abbrev=False, prog="python -m wgan_dist.shard", description=__doc__,
-        formatter_class=type("Fmt", (argparse.RawDescriptionHelpFormatter,
-                                     argparse.ArgumentDefaultsHelpFormatter), {}))
+        formatter_class=HelpFormatter)
     p.add_argument("sources", nargs="*", metavar="SRC",
                    help="image folder (class subfolders = labels), QuickDraw .npy/.npz/.ndjson "
                         "file or folder, quickdraw:NAME[,NAME...] (downloaded), CelebA folder, "

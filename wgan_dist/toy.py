@@ -17,18 +17,25 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from . import exits
+from .exits import HelpFormatter
 from .toybench import (DATASETS, METRIC_KEYS, N_EVAL, run_toy, sample_real, summarise,
                        toy_metrics)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m wgan_dist.toy", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="all", choices=DATASETS + ("all",))
-    p.add_argument("--seeds", type=int, default=5, help="runs with seeds 0..N-1")
+                                formatter_class=HelpFormatter)
+    p.add_argument("--dataset", default="all", choices=DATASETS + ("all",),
+                   help="which 2-D dataset (all: ring, grid and swiss roll)")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, default=None,
+                       help="runs with seeds 0..N-1 (default 5 when --seed is not given)")
+    seeds.add_argument("--seed", type=int, nargs="+", default=None, metavar="S",
+                       help="runs with exactly these seeds, e.g. --seed 0 3 9101")
     p.add_argument("--steps", type=int, default=24000, help="generator steps per run")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--loss", default="wgan-gp", choices=("wgan-gp", "ns"))
+    p.add_argument("--loss", default="wgan-gp", choices=("wgan-gp", "ns"),
+                   help="the objective: WGAN with the penalty, or the non-saturating baseline")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at once, one process each (2 on a 2-core machine)")
@@ -73,13 +80,28 @@ def _results(jobs: list[tuple], processes: int) -> tuple[Iterator[dict], Any]:
     return pool.imap(_run_job, jobs), pool
 
 
+def _worst(ds: str, runs: list[dict], key: str | None = None) -> dict[str, Any]:
+    """The worst seed's row: fewest modes, then lowest HQ (swiss roll: largest fake->real)."""
+    rows = [(r[key] if key else r) | {"seed": r["seed"]} for r in runs]
+    if ds == "swissroll":
+        return max(rows, key=lambda m: m["fake_to_real"])
+    return min(rows, key=lambda m: (m["modes"], m["hq"]))
+
+
 def _summarise_dataset(ds: str, runs: list[dict], reject: float) -> dict[str, Any]:
     summary = summarise(runs)
     print(_fmt_row("mean±se", ds, _cells(ds, summary)), flush=True)
-    entry: dict[str, Any] = {"runs": runs, "summary": summary}
+    worst = _worst(ds, runs)
+    print(_fmt_row(f"worst ({worst['seed']})", ds, _cells(ds, {k: worst[k] for k in METRIC_KEYS[ds]})),
+          flush=True)
+    entry: dict[str, Any] = {"runs": runs, "summary": summary, "worst": worst}
     if reject > 0:
         entry["summary_jbt"] = summarise(runs, jbt=True)
+        entry["worst_jbt"] = _worst(ds, runs, "jbt")
         print(_fmt_row("JBT mean±se", ds, _cells(ds, entry["summary_jbt"])), flush=True)
+        w = entry["worst_jbt"]
+        print(_fmt_row(f"JBT worst ({w['seed']})", ds, _cells(ds, {k: w[k] for k in METRIC_KEYS[ds]})),
+              flush=True)
     if ds == "swissroll":
         # The floor: the same metric for 2,500 *real* points (an independent draw).
         real = sample_real(ds, N_EVAL, torch.Generator().manual_seed(1)).numpy()
@@ -89,17 +111,19 @@ def _summarise_dataset(ds: str, runs: list[dict], reject: float) -> dict[str, An
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
+    seeds = args.seed if args.seed is not None else list(range(5 if args.seeds is None else args.seeds))
     datasets = DATASETS if args.dataset == "all" else (args.dataset,)
     os.makedirs(args.out, exist_ok=True)
     print(f"{'dataset':<10} {'seed':<12} " + " ".join(
         f"{h:>16}" for h in ("modes|fake->real", "HQ %|real->fake", "reverse KL", "seconds")))
-    results: dict[str, Any] = {"args": vars(args), "datasets": {}}
+    results: dict[str, Any] = {"args": vars(args) | {"seeds": seeds}, "datasets": {},
+                               "torch_threads_per_run": args.threads}
     jobs = [(ds, seed, args.steps, args.out, args.loss, args.threads, args.reject)
-            for ds in datasets for seed in range(args.seeds)]
+            for ds in datasets for seed in seeds]
     done, pool = _results(jobs, args.jobs)
     for ds in datasets:
         runs = []
-        for seed in range(args.seeds):
+        for seed in seeds:
             r = next(done)
             runs.append(r)
             keys = METRIC_KEYS[ds]

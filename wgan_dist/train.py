@@ -15,12 +15,13 @@ import os
 import sys
 
 from . import exits
+from .exits import HelpFormatter
 from .config import ConfigError, dump_yaml, load_config
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m wgan_dist.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                formatter_class=HelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("--config", "-c", default=None,
                    help="preset name from configs/ (e.g. celeba128) or a YAML path")
@@ -39,7 +40,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="start over in a run dir that already has checkpoints")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--debug", action="store_true", help="print the traceback of an error too")
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
+    # Intermixed: overrides may come before and after the flags (`--overwrite a.b=1 c.d=2`).
+    args = p.parse_intermixed_args(argv)
     # `--resume train.steps=600`: the optional value took an override; give it back.
     if args.resume is not None and "=" in args.resume and not os.path.exists(args.resume):
         args.overrides = [args.resume] + list(args.overrides)
@@ -55,7 +62,7 @@ def explicit_overrides(args: argparse.Namespace) -> list[str]:
     return [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
 
 
-def build_config(args: argparse.Namespace):
+def build_config(args: argparse.Namespace, log=None):
     """The config to run: preset + overrides; with --resume, the run's own config from its
     checkpoint with the explicit overrides on top (``training.resume``)."""
     overrides = explicit_overrides(args)
@@ -65,7 +72,7 @@ def build_config(args: argparse.Namespace):
     from .training.resume import config_for_resume
 
     preset = load_config(args.config, []) if args.config else None
-    return config_for_resume(cfg, preset, overrides, args.resume, log=_main_print)
+    return config_for_resume(cfg, preset, overrides, args.resume, log=log or _main_print)
 
 
 def _main_print(text: str) -> None:
@@ -76,7 +83,8 @@ def _main_print(text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        cfg = build_config(args)
+        # With --dry-run stdout is the YAML alone; notes go to stderr.
+        cfg = build_config(args, log=(lambda m: print(m, file=sys.stderr)) if args.dry_run else None)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return exits.REFUSED

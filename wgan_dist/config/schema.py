@@ -119,6 +119,9 @@ class TrainConfig:
     """Fused Adam where torch has it for the device (skips a non-finite step without a host sync)."""
     compile: bool = False
     """torch.compile G and the critic's plain forwards; the penalty's forward stays eager."""
+    threads: int = 0
+    """torch intra-op threads per process; 0: $OMP_NUM_THREADS if set, else this process's
+    share of the cores minus its loader workers."""
     stop_grace: float = 120.0
     """Seconds a run may take to checkpoint and exit after a stop signal before it is ended
     without one (a second signal ends it at once)."""

@@ -22,7 +22,7 @@ RANGES: dict[str, tuple[tuple[str, float], ...]] = {
     "optim.n_critic": ((">=", 1),),
     "train.batch_size": ((">=", 1),), "train.steps": ((">=", 1),), "train.seed": ((">=", 0),),
     "train.ema_kimg": ((">", 0),), "train.ema_rampup": ((">=", 0),),
-    "train.stop_grace": ((">", 0),),
+    "train.stop_grace": ((">", 0),), "train.threads": ((">=", 0),),
     "log.tick_every": ((">=", 1),), "log.sample_every": ((">=", 1),),
     "log.ckpt_every": ((">=", 1),), "log.keep_checkpoints": ((">=", 0),),
     "log.grid_size": ((">=", 1),),

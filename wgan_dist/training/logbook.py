@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 from accelerate import Accelerator
 
+from ..progress import heartbeat_seconds
 from ..ranks import append_line, main_print, reduce_mean
 
 # Statistic -> TensorBoard tag; anything else goes under Other/.
@@ -53,8 +54,8 @@ class RunLog:
     it is opened, so a failed start leaves no directory behind and a started one loses no
     line. ``beat`` prints a progress line when nothing was said for ``every`` seconds."""
 
-    def __init__(self, acc: Accelerator, every: float = 10.0) -> None:
-        self.acc, self.every = acc, every
+    def __init__(self, acc: Accelerator, every: float | None = None) -> None:
+        self.acc, self.every = acc, heartbeat_seconds() if every is None else every
         self.path: Path | None = None
         self.pending: list[str] = []
         self.last = time.time()

@@ -49,6 +49,8 @@ class Trainer:
         self.device = self.acc.device
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.run_dir = cfg.run_dir
+        self.threads, self.threads_why = ranks.choose_threads(cfg.train.threads, cfg.data.workers)
+        torch.set_num_threads(self.threads)
         self.runlog = RunLog(self.acc)  # console lines, kept for log.txt
         say = self.runlog.say
         self.resume_from = ckpt.select_resume(self.run_dir, resume, overwrite, log=say)
@@ -276,6 +278,8 @@ class Trainer:
             f"{shards.total or '?'} images, {cfg.data.resolution}px x {cfg.data.channels}ch"
             + (f", {shards.num_classes} classes" if shards.num_classes else ""),
             f"processes      {self.world} on {self.device.type}, mixed precision {cfg.train.mixed_precision}",
+            f"threads        {self.threads} torch thread(s) per process ({self.threads_why}; "
+            f"train.threads to choose)",
             f"global batch   {gb} = {self.batch} per process x {self.world} process(es)",
             f"per G step     {n} critic steps x {gb} real images = {n * gb} images",
             f"this run       {remaining} G steps = {remaining * n * gb / 1000:.1f} kimg "
