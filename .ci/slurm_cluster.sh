@@ -3,7 +3,10 @@
 #
 #   bash .ci/slurm_cluster.sh start    # install if missing, configure, start, wait until idle
 #   bash .ci/slurm_cluster.sh status   # daemons and sinfo; exit 1 when the cluster is not usable
-#   bash .ci/slurm_cluster.sh stop     # stop slurmd, slurmctld and munged (started here)
+#   bash .ci/slurm_cluster.sh stop     # stop slurmd, slurmctld and munged (munged only if started here)
+#
+# A two-node cluster (network namespaces, its own ports, munged and SLURM_CONF) for
+# slurm/multinode.sh: .ci/slurm_two_nodes.sh. Both may run at once.
 #
 # Runs as root. Idempotent: `start` on a running, idle cluster only reports it. Everything but
 # /etc/slurm/slurm.conf (which every Slurm client reads) and /etc/munge/munge.key lives in
@@ -102,6 +105,7 @@ start_munge() {
     log "starting munged"
     # --force: a stale socket from a killed munged would stop it otherwise.
     runuser -u munge -- /usr/sbin/munged --force
+    touch "$DIR/run/munged.started"  # stop ends only a munged that this script started
     for _ in $(seq 50); do
         munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1 && return
         sleep 0.1
@@ -156,11 +160,14 @@ stop_slurm() {
 }
 
 stop_munge() {
-    local pidfile=/run/munge/munged.pid
-    if pid_alive "$pidfile"; then
-        log "stopping munged"
-        kill "$(cat "$pidfile")"
+    local pidfile=/run/munge/munged.pid pid
+    if pid_alive "$pidfile" && [[ -f $DIR/run/munged.started ]]; then
+        pid=$(cat "$pidfile")
+        log "stopping munged ($pid)"
+        kill "$pid"
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     fi
+    rm -f "$DIR/run/munged.started"
 }
 
 status() {
@@ -169,6 +176,8 @@ status() {
         if pid_alive "$DIR/run/$f.pid"; then echo "$f: running (pid $(cat "$DIR/run/$f.pid"))"
         else echo "$f: not running"; ok=1; fi
     done
+    if pid_alive /run/munge/munged.pid; then echo "munged: running (pid $(cat /run/munge/munged.pid))"
+    else echo "munged: not running"; ok=1; fi
     if command -v sinfo >/dev/null && sinfo >/dev/null 2>&1; then
         sinfo
         [[ $(node_state) =~ ^(idle|mixed|allocated|completing)$ ]] || ok=1

@@ -1,20 +1,26 @@
-"""A data-parallel scaling model for a WGAN-GP preset: bytes all-reduced per step, all-reduce
-time at stated link bandwidths, compute time at a stated utilisation, predicted efficiency.
+"""A data-parallel scaling model for a WGAN-GP preset, from *measured* bytes on the wire.
 
-    python benchmarks/scaling_model.py [--config celeba128] [--mfu 0.35] [--per-gpu-batch 16]
+    python benchmarks/bench_comm.py            # first: measures what DDP all-reduces
+    python benchmarks/scaling_model.py [--config celeba128] [--mfu 0.35] [--overlap 0.5]
 
-Counted here, not assumed: parameters of G and D (-> gradient bytes), and FLOPs per image of
-each phase, measured with torch.utils.flop_counter on the real models (including the
-penalty's double backward). Assumed, and printed: peak throughput, utilisation, bandwidths,
-overlap. Writes benchmarks/out/scaling_model.json.
+Measured (benchmarks/out/bench_comm.json, written by bench_comm.py on real gloo processes):
+bytes all-reduced per critic step and per generator step for each ``train.grad_comm``
+setting (fp32, bf16, fp16, powersgd). Counted here on the real models: FLOPs per image of a
+critic step (the penalty's double backward included) and of a generator step
+(``benchmarks/_flops.py``). Assumed, and printed: peak throughput, utilisation, link
+bandwidths and latencies, overlap.
 
 Model, per generator step (n_critic critic steps + 1 generator step), N GPUs, ring all-reduce:
-    bytes_D = 4 * params_D, bytes_G = 4 * params_G          (fp32 gradients)
     t_ar(bytes, N) = 2 (N - 1) / N * bytes / bw  +  2 (N - 1) * latency
-    t_comm = n_critic * t_ar(bytes_D) + t_ar(bytes_G)
-    t_comp = images_per_gpu * (n_critic * F_critic_step + F_gen_step) / (peak * mfu)
-    exposed = max(0, t_comm - overlap * t_comp)             (DDP overlaps buckets with backward)
+        bw, latency: NVLink inside one 8-GPU node, InfiniBand (per GPU) beyond
+    t_comm = n_critic * t_ar(bytes_critic) + t_ar(bytes_generator)
+    t_comp = per_gpu_batch * (n_critic * F_critic + F_generator) / (peak * mfu)
+    exposed = max(0, t_comm - overlap * t_comp)          (DDP overlaps buckets with backward)
     efficiency = t_comp / (t_comp + exposed)
+Not modelled: PowerSGD's own compute (two small matmuls and an orthogonalisation per
+bucket), stragglers, the data loader. Prints one table per setting (GPUs x per-GPU batch),
+then the settings that keep 64 GPUs at >= 0.9 and the global batch that implies. Writes
+benchmarks/out/scaling_model.json.
 """
 from __future__ import annotations
 
@@ -23,15 +29,11 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
+from _common import OUT_DIR
+from _flops import flops_per_image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from wgan_dist.config import LossConfig, load_config  # noqa: E402
-from wgan_dist.nets import build_models, count_params  # noqa: E402
-from wgan_dist.objective import critic_phase, generator_phase  # noqa: E402
+from wgan_dist.config import load_config
+from wgan_dist.nets import build_models, count_params
 
 # Stated hardware assumptions (per GPU / per link), not measurements.
 H100_BF16_DENSE = 989e12      # FLOP/s, H100 SXM dense bf16 (NVIDIA datasheet)
@@ -39,45 +41,9 @@ NVLINK_BUS_BW = 350e9         # B/s, achievable NCCL all-reduce bus bandwidth in
 IB_BUS_BW = 45e9              # B/s per GPU across nodes: one 400 Gb/s NDR NIC per GPU, ~90 % achieved
 LATENCY_NVLINK = 5e-6         # s per ring step
 LATENCY_IB = 10e-6
-
-
-class FlopCount(TorchDispatchMode):
-    """Counts FLOPs at the dispatcher with torch's own per-op formulas. (FlopCounterMode's
-    module hooks break autograd.grad, which the penalty needs.)"""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.flops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        formula = flop_registry.get(func._overloadpacket)
-        if formula is not None:
-            self.flops += formula(*args, **kwargs, out_val=out)
-        return out
-
-    def get_total_flops(self) -> int:
-        return self.flops
-
-
-def flops_per_image(cfg) -> tuple[float, float]:
-    """FLOPs of one critic step and one generator step, per image, on the real models."""
-    g, d = build_models(cfg.model, cfg.data.resolution, cfg.data.channels)
-    b = 4
-    real = torch.randn(b, cfg.data.channels, cfg.data.resolution, cfg.data.resolution)
-    z = torch.randn(b, cfg.model.latent_dim)
-    with FlopCount() as fc:
-        with torch.no_grad():
-            fake = g(z)
-        loss, _ = critic_phase(d, real, fake, torch.rand(b), LossConfig())
-        loss.backward()
-    critic = fc.get_total_flops() / b
-    d.requires_grad_(False)
-    with FlopCount() as fc:
-        loss, _ = generator_phase(d, g(z), LossConfig())
-        loss.backward()
-    return critic, fc.get_total_flops() / b
+GPUS = (8, 64, 256)
+BATCHES = (16, 64, 256)
+TARGET = 0.9
 
 
 def allreduce_time(nbytes: float, n: int, per_node: int = 8) -> float:
@@ -88,46 +54,77 @@ def allreduce_time(nbytes: float, n: int, per_node: int = 8) -> float:
     return 2 * (n - 1) / n * nbytes / bw + 2 * (n - 1) * lat
 
 
+def efficiency(m: dict, n: int, batch: int, flops: tuple[float, float], n_critic: int,
+               mfu: float, overlap: float) -> dict:
+    f_critic, f_gen = flops
+    t_comp = batch * (n_critic * f_critic + f_gen) / (H100_BF16_DENSE * mfu)
+    t_comm = (n_critic * allreduce_time(m["bytes_critic_step"], n)
+              + allreduce_time(m["bytes_generator_step"], n))
+    exposed = max(0.0, t_comm - overlap * t_comp)
+    return {"gpus": n, "per_gpu_batch": batch, "global_batch": n * batch, "t_comp_s": t_comp,
+            "t_comm_s": t_comm, "exposed_s": exposed, "efficiency": t_comp / (t_comp + exposed)}
+
+
+def measured(config: str, path: Path) -> dict[str, dict]:
+    if not path.is_file():
+        sys.exit(f"error: {path}: no measured bytes; run python benchmarks/bench_comm.py first")
+    results = json.loads(path.read_text())["results"]
+    if config not in results:
+        sys.exit(f"error: {path}: no measurement for {config!r} (has {', '.join(results)}); "
+                 f"run python benchmarks/bench_comm.py --models {config}")
+    return {k: v for k, v in results[config].items() if isinstance(v, dict)}
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", default="celeba128")
     p.add_argument("--mfu", type=float, default=0.35, help="assumed model-FLOPs utilisation")
-    p.add_argument("--per-gpu-batch", type=int, default=16, help="batch per GPU (weak scaling)")
     p.add_argument("--overlap", type=float, default=0.5,
                    help="share of compute time that can hide communication (backward share)")
+    p.add_argument("--comm", type=Path, default=OUT_DIR / "bench_comm.json",
+                   help="bench_comm.py's measurements")
     args = p.parse_args(argv)
     cfg = load_config(args.config)
+    settings = measured(args.config, args.comm)
     g, d = build_models(cfg.model, cfg.data.resolution, cfg.data.channels)
     pg, pd = count_params(g), count_params(d)
-    f_critic, f_gen = flops_per_image(cfg)
+    flops = flops_per_image(cfg)
     n_critic = cfg.optim.n_critic
-    bytes_d, bytes_g = 4 * pd, 4 * pg
-    print(f"{args.config}: {cfg.data.resolution}px x {cfg.data.channels}ch, G {pg / 1e6:.2f}M params "
-          f"({bytes_g / 1e6:.1f} MB fp32 grads), D {pd / 1e6:.2f}M ({bytes_d / 1e6:.1f} MB)")
-    print(f"bytes all-reduced per G step: {n_critic} x {bytes_d / 1e6:.1f} + {bytes_g / 1e6:.1f} = "
-          f"{(n_critic * bytes_d + bytes_g) / 1e6:.1f} MB")
-    print(f"FLOPs per image: critic step {f_critic / 1e9:.2f} GFLOP (incl. penalty double backward), "
-          f"generator step {f_gen / 1e9:.2f} GFLOP")
+    print(f"{args.config}: {cfg.data.resolution}px x {cfg.data.channels}ch, G {pg / 1e6:.2f}M "
+          f"params, D {pd / 1e6:.2f}M; n_critic {n_critic}")
+    print(f"FLOPs per image: critic step {flops[0] / 1e9:.2f} GFLOP (incl. penalty double "
+          f"backward), generator step {flops[1] / 1e9:.2f} GFLOP")
     print(f"assumed: peak {H100_BF16_DENSE / 1e12:.0f} TFLOP/s x MFU {args.mfu}, NVLink bus "
-          f"{NVLINK_BUS_BW / 1e9:.0f} GB/s, IB {IB_BUS_BW / 1e9:.0f} GB/s per GPU, overlap {args.overlap}, "
-          f"per-GPU batch {args.per_gpu_batch}")
+          f"{NVLINK_BUS_BW / 1e9:.0f} GB/s, IB {IB_BUS_BW / 1e9:.0f} GB/s per GPU, overlap "
+          f"{args.overlap}")
+    print(f"measured bytes all-reduced per G step ({args.comm.name}; fp32 counted: "
+          f"{(n_critic * 4 * pd + 4 * pg) / 1e6:.1f} MB):")
+    for name, m in settings.items():
+        print(f"  {name:<9} {m['bytes_g_step'] / 1e6:8.2f} MB  (critic step "
+              f"{m['bytes_critic_step'] / 1e6:.2f} MB, generator step "
+              f"{m['bytes_generator_step'] / 1e6:.2f} MB)")
     rows = []
-    print(f"{'GPUs':>5} {'global batch':>12} {'t_comp ms':>10} {'t_comm ms':>10} {'exposed ms':>11} {'efficiency':>10}")
-    for n in (1, 8, 64, 256):
-        t_comp = args.per_gpu_batch * (n_critic * f_critic + f_gen) / (H100_BF16_DENSE * args.mfu)
-        t_comm = n_critic * allreduce_time(bytes_d, n) + allreduce_time(bytes_g, n)
-        exposed = max(0.0, t_comm - args.overlap * t_comp)
-        eff = t_comp / (t_comp + exposed)
-        rows.append({"gpus": n, "global_batch": n * args.per_gpu_batch, "t_comp_s": t_comp,
-                     "t_comm_s": t_comm, "exposed_s": exposed, "efficiency": eff})
-        print(f"{n:>5} {n * args.per_gpu_batch:>12} {t_comp * 1e3:>10.2f} {t_comm * 1e3:>10.2f} "
-              f"{exposed * 1e3:>11.2f} {eff:>10.2f}")
-    out = Path(__file__).resolve().parent / "out"
-    out.mkdir(exist_ok=True)
-    (out / "scaling_model.json").write_text(json.dumps({
-        "config": args.config, "params_G": pg, "params_D": pd, "flops_critic_step_per_image": f_critic,
-        "flops_gen_step_per_image": f_gen, "mfu": args.mfu, "overlap": args.overlap,
-        "per_gpu_batch": args.per_gpu_batch, "rows": rows}, indent=2))
+    for name, m in settings.items():
+        print(f"\n{name}: efficiency by GPUs (rows) and per-GPU batch (columns)")
+        print(f"{'GPUs':>5} " + " ".join(f"{f'b={b}':>8}" for b in BATCHES))
+        for n in GPUS:
+            cells = [efficiency(m, n, b, flops, n_critic, args.mfu, args.overlap) for b in BATCHES]
+            rows += [{"setting": name, **c} for c in cells]
+            print(f"{n:>5} " + " ".join(f"{c['efficiency']:>8.2f}" for c in cells))
+    ok = [r for r in rows if r["gpus"] == 64 and r["efficiency"] >= TARGET]
+    print(f"\n64 GPUs at >= {TARGET}:")
+    for r in sorted(ok, key=lambda r: (r["global_batch"], r["setting"])):
+        print(f"  {r['setting']:<9} per-GPU batch {r['per_gpu_batch']:>3}: efficiency "
+              f"{r['efficiency']:.2f}, global batch {r['global_batch']}")
+    if not ok:
+        print("  none of the measured settings and batches")
+    OUT_DIR.mkdir(exist_ok=True)
+    (OUT_DIR / "scaling_model.json").write_text(json.dumps({
+        "config": args.config, "params_G": pg, "params_D": pd,
+        "flops_critic_step_per_image": flops[0], "flops_gen_step_per_image": flops[1],
+        "mfu": args.mfu, "overlap": args.overlap, "measured": settings, "rows": rows,
+        "meets_target_at_64": ok}, indent=2))
     return 0
 
 

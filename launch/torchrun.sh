@@ -8,6 +8,7 @@
 #   # two nodes, 8 GPUs each: run on both; the rendezvous is hosted on node0
 #   NNODES=2 MASTER_ADDR=node0 bash launch/torchrun.sh --config celeba128
 #   DRY_RUN=1 bash launch/torchrun.sh --config celeba128              # print the command only
+#   bash launch/torchrun.sh --help        # this text (the trainer's: python -m wgan_dist.train --help)
 #
 # Environment (all optional):
 #   NPROC         processes on this node (default: number of GPUs, 1 without GPUs)
@@ -25,6 +26,15 @@
 # Stopping: SIGTERM, SIGINT or SIGUSR1 to torchrun is passed to every worker, which finishes its
 # generator step, writes a checkpoint and exits (see docs/scaling.md).
 set -euo pipefail
+
+# --help / -h: the comment block above, without running anything.
+for arg in "$@"; do
+    if [[ $arg == --help || $arg == -h ]]; then
+        awk 'NR == 1 {next} /^#SBATCH/ || !/^#/ {exit} {sub(/^# ?/, "")}
+             /^$/ {blank++; next} {while (blank) {print ""; blank--}; print}' "${BASH_SOURCE[0]}"
+        exit 0
+    fi
+done
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PYTHON=${PYTHON:-python}

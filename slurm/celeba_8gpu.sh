@@ -6,6 +6,7 @@
 #   sbatch -p gpu --time=2-00:00:00 slurm/celeba_8gpu.sh train.steps=200000   # args = overrides
 #   RUN_DIR=runs/celeba-lr2e-4 OVERRIDES="optim.lr_g=2e-4 optim.lr_d=2e-4" sbatch slurm/celeba_8gpu.sh
 #   DRY_RUN=1 bash slurm/celeba_8gpu.sh                 # print the launch command and exit
+#   bash slurm/celeba_8gpu.sh --help                    # this text
 #
 # sbatch's own settings (partition, time, GPUs, account) are given on the sbatch command line
 # or as SBATCH_* variables (SBATCH_PARTITION, SBATCH_TIMELIMIT, SBATCH_GRES, ...); they beat the
@@ -44,6 +45,15 @@
 #SBATCH --open-mode=append
 #SBATCH --output=%x-%j.out
 set -euo pipefail
+
+# --help / -h: the comment block above, without running anything.
+for arg in "$@"; do
+    if [[ $arg == --help || $arg == -h ]]; then
+        awk 'NR == 1 {next} /^#SBATCH/ || !/^#/ {exit} {sub(/^# ?/, "")}
+             /^$/ {blank++; next} {while (blank) {print ""; blank--}; print}' "${BASH_SOURCE[0]}"
+        exit 0
+    fi
+done
 
 cd "${REPO_DIR:-${SLURM_SUBMIT_DIR:-$PWD}}"
 PYTHON=${PYTHON:-python}

@@ -8,6 +8,7 @@
 #   CONFIG=celeba128 RUN_DIR=runs/celeba-32gpu sbatch -N 4 slurm/multinode.sh
 #   LAUNCHER=accelerate sbatch -N 2 slurm/multinode.sh                 # accelerate launch instead
 #   DRY_RUN=1 bash slurm/multinode.sh                                 # print the command and exit
+#   bash slurm/multinode.sh --help                                    # this text
 #
 # sbatch's own settings (nodes, partition, time, GPUs, account) are given on the sbatch command
 # line or as SBATCH_* variables (SBATCH_PARTITION, SBATCH_TIMELIMIT, SBATCH_GRES, ...); they beat
@@ -45,6 +46,15 @@
 #SBATCH --output=%x-%j.out
 set -euo pipefail
 
+# --help / -h: the comment block above, without running anything.
+for arg in "$@"; do
+    if [[ $arg == --help || $arg == -h ]]; then
+        awk 'NR == 1 {next} /^#SBATCH/ || !/^#/ {exit} {sub(/^# ?/, "")}
+             /^$/ {blank++; next} {while (blank) {print ""; blank--}; print}' "${BASH_SOURCE[0]}"
+        exit 0
+    fi
+done
+
 cd "${REPO_DIR:-${SLURM_SUBMIT_DIR:-$PWD}}"
 PYTHON=${PYTHON:-python}
 CONFIG=${CONFIG:-celeba128}
@@ -67,9 +77,12 @@ read -r -a overrides <<<"${OVERRIDES:-}"
 train=(-m wgan_dist.train --config "$CONFIG" --run-dir "$RUN_DIR" --resume auto
        ${SHARDS:+data.shards="$SHARDS"} "${overrides[@]}" "$@")
 
-# torch.distributed.run reads its options from PET_* variables too (accelerate launch uses it):
-# pass SIGUSR1 on to the workers instead of dying of it, and wait for their checkpoint.
-export PET_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1
+# torch.distributed.run reads its options from PET_* variables too (accelerate launch uses it).
+# SIGUSR1 is not among the signals it passes on here: srun delivers SIGUSR1 to every process of
+# the step, the training processes included, and a second stop signal (the launcher's copy)
+# makes them stop at once, without a checkpoint. The launchers ignore it instead (`trap ''`
+# below: an ignored signal stays ignored across exec; the trainer installs its own handler).
+export PET_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT
 export PET_SHUTDOWN_TIMEOUT=$STOP_TIMEOUT
 
 # One task per node with all of the node's CPUs (a step gets one CPU per task unless asked;
@@ -78,14 +91,14 @@ step=(srun --nodes="$NNODES" --ntasks-per-node=1 --cpus-per-task="${SLURM_CPUS_O
       --kill-on-bad-exit=1)
 case $LAUNCHER in
     torchrun)
-        cmd=("${step[@]}" "$PYTHON" -m torch.distributed.run
+        cmd=("${step[@]}" bash -c 'trap "" USR1; exec "$@"' _ "$PYTHON" -m torch.distributed.run
              --nnodes="$NNODES" --nproc-per-node="$GPUS_PER_NODE"
              --rdzv-backend=c10d --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT"
              --rdzv-id="${SLURM_JOB_ID:-0}" --max-restarts=0
              "${train[@]}") ;;
     accelerate)
         # The node rank differs per task: each task reads its own SLURM_NODEID.
-        cmd=("${step[@]}" bash -c 'py=$1; shift; exec "$py" -m accelerate.commands.launch --machine_rank "$SLURM_NODEID" "$@"'
+        cmd=("${step[@]}" bash -c 'trap "" USR1; py=$1; shift; exec "$py" -m accelerate.commands.launch --machine_rank "$SLURM_NODEID" "$@"'
              _ "$PYTHON" --config_file launch/accelerate_multinode.yaml
              --num_machines "$NNODES" --num_processes "$((NNODES * GPUS_PER_NODE))"
              --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT"
@@ -102,7 +115,7 @@ echo "[$(date '+%F %T')] job ${SLURM_JOB_ID:-none}, start $((${SLURM_RESTART_COU
 echo "+ ${cmd[*]}"
 
 # srun passes SIGUSR1 to its tasks on every node (Slurm signals every process of a step: the
-# launchers handle it, the training processes checkpoint, their loader workers ignore it).
+# launchers ignore it, the training processes checkpoint, their loader workers ignore it).
 # Checkpoint on the stop signals, requeue on the time-limit warning, relaunch after a crash.
 source slurm/supervise.sh
 supervise srun

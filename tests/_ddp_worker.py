@@ -46,8 +46,8 @@ def install_cpu_fp16() -> None:
     """
     original = dist.make_accelerator
 
-    def make_accelerator(mixed_precision: str = "no"):
-        acc = original(mixed_precision)
+    def make_accelerator(mixed_precision: str = "no", *args, **kwargs):
+        acc = original(mixed_precision, *args, **kwargs)
         assert acc.state.mixed_precision == "fp16" and acc.scaler is None and not acc.native_amp
         acc.native_amp = True
         acc.scaler = torch.amp.GradScaler("cpu")

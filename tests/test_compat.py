@@ -105,3 +105,17 @@ def test_a_missing_private_api_fails_loudly(monkeypatch):
     monkeypatch.delattr(webdataset.filters, "_shuffle")
     with pytest.raises(compat.CompatError, match="webdataset.filters._shuffle"):
         compat.shuffle_samples(iter([]), 1, 1, random.Random(0))
+
+
+def test_flop_counter_counts_a_matmul_and_the_penalty_double_backward():
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    with compat.flop_counter() as fc:
+        a @ b
+    assert fc.flops == 2 * 8 * 16 * 4
+    # Through autograd.grad(create_graph=True) and a second backward, as the penalty does.
+    w = torch.randn(16, 4, requires_grad=True)
+    x = torch.randn(8, 16, requires_grad=True)
+    with compat.flop_counter() as fc:
+        (g,) = torch.autograd.grad((x @ w).square().sum(), x, create_graph=True)
+        g.square().sum().backward()
+    assert fc.flops > 3 * 2 * 8 * 16 * 4  # forward, two backward passes, their grads

@@ -1,8 +1,10 @@
 """The Slurm scripts, run for real on a single-node Slurm cluster on this machine.
 
 The cluster: `bash .ci/slurm_cluster.sh start` (as root). When it is not up, the fixture starts
-it if we are root (WGAN_SLURM_AUTOSTART=0 turns that off); otherwise these tests fail with that
-hint. They never skip: CI must exercise the launchers.
+it if we are root (WGAN_SLURM_AUTOSTART=0 turns that off), and stops it again after the session,
+checking that none of the daemons it started is left; a cluster that was already up is used and
+left alone. Otherwise these tests fail with that hint. They never skip: CI must exercise the
+launchers. (The two-node cluster and its tests: tests/test_slurm_multinode.py.)
 
 The jobs run the real scripts with environment overrides: 2 CPU processes, the built-in data
 set (small), a tiny model, a few steps, a temporary run dir. sbatch options that a CPU cluster
@@ -23,7 +25,9 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 import torch
@@ -47,30 +51,94 @@ def base_env() -> dict[str, str]:
             and not k.startswith(("SLURM_", "SBATCH_", "PET_", "ACCELERATE_"))}
 
 
-def cluster_is_up() -> bool:
+def client_env(conf: str | None = None) -> dict[str, str]:
+    """The environment of sinfo/scontrol/scancel: SLURM_CONF=conf picks a cluster; without
+    one, /etc/slurm/slurm.conf (the single-node cluster's, which the jobs use too: job_env
+    drops SLURM_* variables)."""
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
+    return {**env, "SLURM_CONF": conf} if conf else env
+
+
+def cluster_is_up(conf: str | None = None, nodes: int = 1) -> bool:
+    """sinfo answers and at least `nodes` nodes are usable."""
     if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
         return False
     try:
-        r = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=60)
+        r = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True,
+                           timeout=60, env=client_env(conf))
     except subprocess.TimeoutExpired:
         return False
-    return r.returncode == 0 and bool(set(r.stdout.split()) & {"idle", "mixed", "allocated"})
+    usable = {line.split()[0] for line in r.stdout.splitlines()
+              if len(line.split()) == 2 and line.split()[1] in ("idle", "mixed", "allocated")}
+    return r.returncode == 0 and len(usable) >= nodes
 
 
-@pytest.fixture(scope="module")
-def cluster() -> None:
-    """A usable Slurm cluster. As root (CI) the single-node one is started when it is not up
-    (WGAN_SLURM_AUTOSTART=0 turns that off); otherwise the tests fail and say how to start it."""
-    if cluster_is_up():
+DAEMONS = ("slurmctld", "slurmscriptd", "slurmd", "slurmstepd", "munged")
+
+
+def daemon_pids() -> dict[int, str]:
+    """pid -> name of every Slurm or munge daemon on this machine."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                name = (entry / "comm").read_text().strip()
+            except OSError:
+                continue
+            if name in DAEMONS:
+                found[int(entry.name)] = name
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@contextmanager
+def started_cluster(script: str, is_up: Callable[[], bool], hint: str) -> Iterator[None]:
+    """A usable cluster for the duration of the block. One that is already up is used and left
+    alone. Otherwise, as root (WGAN_SLURM_AUTOSTART=0 turns that off), `bash SCRIPT start`
+    starts it, and `bash SCRIPT stop` stops it at the end; then every daemon it started (the
+    pids its `status` reported, and any slurmctld/slurmd/slurmstepd/munged that appeared
+    meanwhile) must be gone. Without root the tests fail with `hint`."""
+    if is_up():
+        yield
         return
-    log = ""
-    if os.geteuid() == 0 and os.environ.get("WGAN_SLURM_AUTOSTART", "1") != "0":
-        r = subprocess.run(["bash", str(REPO / ".ci" / "slurm_cluster.sh"), "start"],
-                           capture_output=True, text=True, timeout=900)
-        log = r.stdout + r.stderr
-        if r.returncode == 0 and cluster_is_up():
-            return
-    pytest.fail(f"the Slurm cluster is not up: {START_HINT}\n{log}", pytrace=False)
+    if os.geteuid() != 0 or os.environ.get("WGAN_SLURM_AUTOSTART", "1") == "0":
+        pytest.fail(f"the Slurm cluster is not up: {hint}", pytrace=False)
+    before = daemon_pids()
+    run = lambda action, timeout: subprocess.run(["bash", str(REPO / script), action],
+                                                 capture_output=True, text=True, timeout=timeout)
+    r = run("start", 900)
+    log = r.stdout + r.stderr
+    status = run("status", 120).stdout
+    started = {int(p) for p in re.findall(r"running \(pid (\d+)\)", status)} - set(before)
+    try:
+        if r.returncode != 0 or not is_up():
+            pytest.fail(f"{script} start did not give a usable cluster: {hint}\n{log}",
+                        pytrace=False)
+        yield
+    finally:
+        stop = run("stop", 300)
+        time.sleep(0.5)  # a daemon's last exit
+        left = {pid: name for pid, name in daemon_pids().items()
+                if pid not in before and alive(pid)}
+        left.update({pid: "daemon" for pid in started if alive(pid) and pid not in left})
+        assert stop.returncode == 0 and not left, (
+            f"{script} stop (exit {stop.returncode}) left daemons it started running: {left}\n"
+            f"{stop.stdout}{stop.stderr}")
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[None]:
+    """A usable single-node Slurm cluster (.ci/slurm_cluster.sh), for the whole session: started
+    when it is not up (as root), stopped again at the end, checked to leave nothing running."""
+    with started_cluster(".ci/slurm_cluster.sh", cluster_is_up, START_HINT):
+        yield
 
 
 def job_env(builtin_shards: Path, run_dir: Path, steps: int, **extra: str) -> dict[str, str]:
@@ -96,6 +164,7 @@ def job_env(builtin_shards: Path, run_dir: Path, steps: int, **extra: str) -> di
 
 
 def submit(script: str, env: dict[str, str], out_dir: Path, *sbatch_args: str) -> str:
+    """sbatch with the job environment `env` (its SLURM_CONF, if any, picks the cluster)."""
     r = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--gres=none", "--time=15",
                         f"--output={out_dir}/job-%j.out", *sbatch_args, script],
                        cwd=REPO, env=env, capture_output=True, text=True)
@@ -103,8 +172,9 @@ def submit(script: str, env: dict[str, str], out_dir: Path, *sbatch_args: str) -
     return r.stdout.strip().split(";")[0]
 
 
-def job_info(job: str) -> dict[str, str]:
-    r = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True)
+def job_info(job: str, conf: str | None = None) -> dict[str, str]:
+    r = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True,
+                       env=client_env(conf))
     return dict(re.findall(r"(\w+)=(\S*)", r.stdout))
 
 
@@ -113,11 +183,12 @@ def job_output(job: str, out_dir: Path) -> str:
     return path.read_text() if path.is_file() else ""
 
 
-def wait_job(job: str, out_dir: Path, restarts: int = 0, timeout: float = JOB_TIMEOUT) -> str:
+def wait_job(job: str, out_dir: Path, restarts: int = 0, timeout: float = JOB_TIMEOUT,
+             conf: str | None = None) -> str:
     """Poll until the job has finished (after `restarts` requeues); return its output."""
     deadline, ended_early = time.time() + timeout, None
     while time.time() < deadline:
-        info = job_info(job)
+        info = job_info(job, conf)
         if info.get("JobState") in FINAL:
             out = job_output(job, out_dir)
             if int(info.get("Restarts", 0)) >= restarts:
@@ -128,8 +199,8 @@ def wait_job(job: str, out_dir: Path, restarts: int = 0, timeout: float = JOB_TI
             assert time.time() - ended_early < 15, \
                 f"job {job} ended without being requeued: {info.get('JobState')}\n{out[-6000:]}"
         time.sleep(1)
-    subprocess.run(["scancel", job])
-    pytest.fail(f"job {job} did not finish in {timeout} s: {job_info(job).get('JobState')}\n"
+    subprocess.run(["scancel", job], env=client_env(conf))
+    pytest.fail(f"job {job} did not finish in {timeout} s: {job_info(job, conf).get('JobState')}\n"
                 f"{job_output(job, out_dir)[-6000:]}")
 
 
@@ -170,14 +241,14 @@ def test_time_limit_warning_checkpoints_requeues_and_resumes(cluster, builtin_sh
                                                         "log.ckpt_every": 1000})
     job = submit(script, env, tmp_path)
     deadline = time.time() + JOB_TIMEOUT
-    while not (run / "log.txt").is_file():  # the first status line: training has started
+    while not started(run):
         info = job_info(job)
         if info.get("JobState") in FINAL or time.time() > deadline:
-            subprocess.run(["scancel", job])
+            subprocess.run(["scancel", job], env=client_env())
             pytest.fail(f"job {job} never started training: {info.get('JobState')}\n"
                         f"{job_output(job, tmp_path)[-5000:]}")
         time.sleep(0.2)
-    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, env=client_env())
     out = wait_job(job, tmp_path, restarts=1)
 
     stopped = re.search(r"stop requested: saved \S+step-(\d{8})\.pt at step (\d+)", out)
@@ -193,6 +264,13 @@ def test_time_limit_warning_checkpoints_requeues_and_resumes(cluster, builtin_sh
     # The status lines continue from the stop step: ticks after k appear once the job resumed.
     ticks = [int(m) for m in re.findall(r"^step\s+(\d+)/", (run / "log.txt").read_text(), re.M)]
     assert ticks[-1] == steps and any(t <= k for t in ticks) and any(t > k for t in ticks)
+
+
+def started(run: Path) -> bool:
+    """The first status line is in the run log: training has started (the log itself is
+    written as soon as the run dir exists)."""
+    log = run / "log.txt"
+    return log.is_file() and re.search(r"^step\s+\d+/", log.read_text(), re.M) is not None
 
 
 def worker_of(run: Path, rank: int) -> int | None:
@@ -225,7 +303,7 @@ def test_crash_inside_the_job_relaunches_and_resumes(cluster, builtin_shards, tm
         if (run / "checkpoints" / "step-00000005.pt").is_file():
             victim = worker_of(run, 1)
         if job_info(job).get("JobState") in FINAL or time.time() > deadline:
-            subprocess.run(["scancel", job])
+            subprocess.run(["scancel", job], env=client_env())
             pytest.fail(f"job {job}: no checkpoint of step 5 and rank 1 to kill\n"
                         f"{job_output(job, tmp_path)[-5000:]}")
         time.sleep(0.2)
@@ -281,3 +359,26 @@ def test_dry_run_prints_the_launch_and_reads_the_environment(tmp_path):
         for opt in ("--requeue", "--open-mode=append", "--gres=gpu:8"):
             assert opt in header, f"{script}: no #SBATCH {opt}"
         assert any(re.fullmatch(r"--signal=B:USR1@\d+", o) for o in header), script
+
+
+@pytest.mark.parametrize("script", ["launch/torchrun.sh", "slurm/celeba_8gpu.sh",
+                                    "slurm/multinode.sh"])
+def test_help_prints_the_scripts_usage_and_exits_0(script):
+    """--help (or -h, anywhere among the arguments) prints the script's own comment block, its
+    usage and environment variables, and exits 0 without launching anything (no cluster
+    needed): an interpreter that fails and a repository dir that does not exist would show."""
+    text = (REPO / script).read_text()
+    documented = re.findall(r"^#   ([A-Z][A-Z_]+)\s", text, re.M)
+    assert len(documented) >= 8, documented
+    env = {**base_env(), "PYTHON": "false", "REPO_DIR": "/nonexistent"}
+    for args in (["--help"], ["-h"], ["train.steps=5", "--help"]):
+        r = subprocess.run(["bash", script, *args], cwd=REPO, capture_output=True, text=True,
+                           env=env, timeout=30)
+        assert r.returncode == 0 and r.stderr == "", (args, r.returncode, r.stderr)
+        out = r.stdout
+        first = text.splitlines()[1].removeprefix("# ")
+        assert out.splitlines()[0] == first, out[:300]
+        for var in documented:
+            assert re.search(rf"^  {var}\s", out, re.M), f"{script} --help: no {var}\n{out}"
+        assert not re.search(r"^#SBATCH --|^set -euo", out, re.M), out  # only the comment block
+        assert f"bash {script} --help" in out

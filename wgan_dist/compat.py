@@ -141,3 +141,33 @@ def reset_accelerator_state() -> None:
         AcceleratorState._reset_state(reset_partial_state=True)
     except (ImportError, AttributeError) as e:
         raise _missing("accelerate.state.AcceleratorState._reset_state", e) from None
+
+
+def flop_counter() -> Any:
+    """A context manager that counts FLOPs at the dispatcher with torch's own per-op formulas
+    (``torch.utils.flop_counter.flop_registry``); ``.flops`` after the block.
+
+    ``FlopCounterMode`` itself installs module hooks that break ``torch.autograd.grad`` with
+    ``create_graph=True``, which the gradient penalty needs; a bare dispatch mode
+    (``torch.utils._python_dispatch.TorchDispatchMode``, private) sees every op, the penalty's
+    double backward included."""
+    try:
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils.flop_counter import flop_registry
+    except ImportError as e:
+        raise _missing("torch.utils._python_dispatch.TorchDispatchMode", e) from None
+
+    class FlopCount(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.flops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                self.flops += formula(*args, **kwargs, out_val=out)
+            return out
+
+    return FlopCount()

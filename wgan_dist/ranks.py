@@ -32,7 +32,7 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def make_accelerator(mixed_precision: str = "no") -> Accelerator:
+def make_accelerator(mixed_precision: str = "no", bucket_mb: float = 25.0) -> Accelerator:
     """An Accelerator that really is the process group the launcher started.
 
     On a machine without CUDA a plain ``Accelerator()`` under torchrun reports one process in
@@ -46,7 +46,7 @@ def make_accelerator(mixed_precision: str = "no") -> Accelerator:
     cpu = not torch.cuda.is_available()
     # broadcast_buffers=False: BatchNorm statistics of the generator stay per rank (as in a
     # DCGAN on one GPU with the local batch); SyncBatchNorm is the option for shared statistics.
-    ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
+    ddp = DistributedDataParallelKwargs(broadcast_buffers=False, bucket_cap_mb=bucket_mb)
     # fp16: the penalty takes the gradient of the *scaled* critic output, so each sample's
     # first gradient is the scale itself; the default 2**16 exceeds fp16's max (65504) and
     # the first steps would always overflow. 2**10 leaves room and grows as usual.
@@ -93,6 +93,15 @@ def choose_threads(requested: int, loader_workers: int) -> tuple[int, str]:
     return n, f"{cores} cores / {local} process(es) - {loader_workers} loader worker(s)"
 
 
+def single_process_group() -> None:
+    """A gloo group of one process (an in-memory store, no port), for code that needs DDP
+    and its communication hooks without a launcher: the toy benchmark's ``grad_comm``."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+
+
 def seed_for(root: int, *parts: Any) -> int:
     """A 63-bit seed for (root, purpose, rank, step, ...): independent streams per purpose.
 
@@ -116,6 +125,56 @@ def all_ranks_agree(acc: Accelerator, flag: bool, op: str = "any") -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=acc.device)
     t = acc.reduce(t, reduction="sum")
     return bool(t.item() > 0) if op == "any" else bool(t.item() == acc.num_processes)
+
+
+def host_flag(t: torch.Tensor) -> torch.Tensor:
+    """Mark a host-memory control tensor: reading it is not a device sync (the benchmarks'
+    host-read counter, ``training.instrument``, leaves it out)."""
+    t._wgan_host_flag = True
+    return t
+
+
+class StopVote:
+    """A stop decision every rank takes together, without making the host wait.
+
+    Each step every rank starts a non-blocking all-reduce of its own "stop?" flag and reads the
+    result of the vote it started one step earlier: the decision lands one step late, and the
+    host never waits for the device for it. The flag lives in host memory and goes over a
+    gloo group of its own (created once, by every rank, at start-up), so even on GPUs with
+    NCCL it needs no device sync. One process votes alone, at once."""
+
+    def __init__(self, acc: Accelerator) -> None:
+        import torch.distributed as dist
+
+        self.world = acc.num_processes
+        self.pending = None
+        self.group = None
+        if self.world > 1:
+            self.group = (dist.group.WORLD if dist.get_backend() == "gloo"
+                          else dist.new_group(backend="gloo"))
+
+    def step(self, flag: bool) -> bool:
+        """Vote ``flag`` now; the agreed result of the previous vote (False at first)."""
+        if self.world == 1:
+            return flag
+        import torch.distributed as dist
+
+        result = self._collect()
+        t = host_flag(torch.tensor([1.0 if flag else 0.0]))
+        self.pending = (t, dist.all_reduce(t, group=self.group, async_op=True))
+        return result
+
+    def _collect(self) -> bool:
+        if self.pending is None:
+            return False
+        t, work = self.pending
+        work.wait()
+        self.pending = None
+        return bool(t.numpy()[0] > 0)  # host memory: not a device read
+
+    def close(self) -> bool:
+        """Finish a vote still in flight (every rank calls it at the end of its loop)."""
+        return self._collect()
 
 
 def reduce_mean(acc: Accelerator, stats: dict[str, torch.Tensor]) -> dict[str, float]:

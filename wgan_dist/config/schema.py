@@ -115,10 +115,22 @@ class TrainConfig:
     """EMA half-life is at most this fraction of images seen so far (None-like 0 disables)."""
     channels_last: bool = False
     """Keep G, D and the real batches in channels-last memory format (NHWC convolutions)."""
-    fused_adam: bool = False
-    """Fused Adam where torch has it for the device (skips a non-finite step without a host sync)."""
+    fused_adam: bool = True
+    """Fused Adam where torch has it for the device (CPU and CUDA since torch 2.4): one kernel,
+    and a non-finite step is skipped on the device, without a host sync."""
     compile: bool = False
     """torch.compile G and the critic's plain forwards; the penalty's forward stays eager."""
+    grad_comm: str = "fp32"
+    """Gradient all-reduce under DDP: fp32, bf16, fp16 (16-bit compression) or powersgd."""
+    bucket_mb: float = 25.0
+    """DDP bucket size in MB (gradients are all-reduced bucket by bucket during backward)."""
+    powersgd_rank: int = 1
+    """Rank of PowerSGD's low-rank approximation (train.grad_comm=powersgd)."""
+    powersgd_start: int = 10
+    """Plain all-reduce iterations before PowerSGD starts compressing."""
+    micro_batch: int = 0
+    """Split each process's batch into micro-batches of this size, accumulating gradients
+    (the same step as the whole batch, in less memory); 0: no split."""
     threads: int = 0
     """torch intra-op threads per process; 0: $OMP_NUM_THREADS if set, else this process's
     share of the cores minus its loader workers."""

@@ -23,6 +23,8 @@ RANGES: dict[str, tuple[tuple[str, float], ...]] = {
     "train.batch_size": ((">=", 1),), "train.steps": ((">=", 1),), "train.seed": ((">=", 0),),
     "train.ema_kimg": ((">", 0),), "train.ema_rampup": ((">=", 0),),
     "train.stop_grace": ((">", 0),), "train.threads": ((">=", 0),),
+    "train.bucket_mb": ((">", 0),), "train.powersgd_rank": ((">=", 1),),
+    "train.powersgd_start": ((">=", 0),), "train.micro_batch": ((">=", 0),),
     "log.tick_every": ((">=", 1),), "log.sample_every": ((">=", 1),),
     "log.ckpt_every": ((">=", 1),), "log.keep_checkpoints": ((">=", 0),),
     "log.grid_size": ((">=", 1),),
@@ -38,6 +40,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.g_norm": ("batch", "none"),
     "loss.kind": ("wgan-gp", "ns"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
+    "train.grad_comm": ("fp32", "bf16", "fp16", "powersgd"),
 }
 
 

@@ -194,12 +194,14 @@ class Batches:
         self._it: Any = None
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.take(None)
+
+    def take(self, count: int | None) -> "Taken":
+        """An iterator of at most ``count`` batches. The loader's iterator (its workers, its
+        seed) is made here, not at the first ``next()``: inside the training loop it would be a
+        host read on the first step."""
         self._it = iter(self.loader)
-        try:
-            for images, labels in self._it:
-                yield images, torch.tensor(labels, dtype=torch.long)
-        finally:
-            self.close()
+        return Taken(self, count)
 
     def close(self) -> None:
         """Shut the loader's workers down now, instead of whenever the iterator is collected:
@@ -208,6 +210,34 @@ class Batches:
         it, self._it = self._it, None
         if it is not None:
             shutdown_loader_workers(it)
+
+
+class Taken:
+    """``Batches.take``: labels as an int64 tensor; ``close()`` shuts the workers down, also
+    when iteration never began."""
+
+    def __init__(self, batches: Batches, count: int | None) -> None:
+        self.batches, self.left = batches, count
+
+    def __iter__(self) -> "Taken":
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        it = self.batches._it
+        if it is None or self.left == 0:
+            self.close()
+            raise StopIteration
+        try:
+            images, labels = next(it)
+        except BaseException:
+            self.close()
+            raise
+        if self.left is not None:
+            self.left -= 1
+        return images, torch.tensor(labels, dtype=torch.long)
+
+    def close(self) -> None:
+        self.batches.close()
 
 
 def build_pipeline(urls: list[str], *, rank: int, world: int, seed: int, batch_size: int,

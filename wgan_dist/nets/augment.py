@@ -55,21 +55,24 @@ class DiffAugment:
 
     def sample(self, n: int, height: int, width: int, generator: torch.Generator,
                device: torch.device | str = "cpu") -> Params:
-        """Parameters for n samples, drawn on the CPU from ``generator`` (device-independent)."""
+        """Parameters for n samples, drawn from ``generator`` on its own device (the trainer
+        gives it one on the training device: no host-to-device copy per phase)."""
         p: Params = {}
+        gd = generator.device
+        rand = lambda: torch.rand(n, generator=generator, device=gd)  # noqa: E731
+        randint = lambda lo, hi: torch.randint(lo, hi, (n,), generator=generator, device=gd)  # noqa: E731
         if "color" in self.policy:
-            p["brightness"] = torch.rand(n, generator=generator) - 0.5      # x + b
-            p["saturation"] = torch.rand(n, generator=generator) * 2.0      # grey + s (x - grey)
-            p["contrast"] = torch.rand(n, generator=generator) + 0.5        # mean + c (x - mean)
+            p["brightness"] = rand() - 0.5      # x + b
+            p["saturation"] = rand() * 2.0      # grey + s (x - grey)
+            p["contrast"] = rand() + 0.5        # mean + c (x - mean)
         if "translation" in self.policy:
             sy, sx = int(height * self.translation_ratio + 0.5), int(width * self.translation_ratio + 0.5)
-            p["shift"] = torch.stack([torch.randint(-sy, sy + 1, (n,), generator=generator),
-                                      torch.randint(-sx, sx + 1, (n,), generator=generator)], 1)
+            p["shift"] = torch.stack([randint(-sy, sy + 1), randint(-sx, sx + 1)], 1)
         if "cutout" in self.policy:
             ch, cw = int(height * self.cutout_ratio + 0.5), int(width * self.cutout_ratio + 0.5)
             # Centres as in the paper: the square may reach over the border (then it is smaller).
-            p["cutout"] = torch.stack([torch.randint(0, height + (1 - ch % 2), (n,), generator=generator),
-                                       torch.randint(0, width + (1 - cw % 2), (n,), generator=generator)], 1)
+            p["cutout"] = torch.stack([randint(0, height + (1 - ch % 2)),
+                                       randint(0, width + (1 - cw % 2))], 1)
         return {k: v.to(device) for k, v in p.items()}
 
     def apply(self, x: Tensor, params: Params) -> Tensor:

@@ -128,3 +128,32 @@ class Logbook:
         self.say(status_line(step, self.steps, stats))
         self.start(nimg)
         return stats
+
+
+def plan_text(t: Any, remaining: int) -> str:
+    """The start-up lines of trainer ``t``: where, what data, how many processes and threads,
+    what a step is in images, the models."""
+    from ..nets import count_params
+
+    cfg, n, gb = t.cfg, t.cfg.optim.n_critic, t.cfg.train.batch_size
+    shards, augment = t.shards, t.draws.augment
+    micro = (f", micro-batches of {cfg.train.micro_batch}"
+             if 0 < cfg.train.micro_batch < t.batch else "")
+    comm = f", gradients all-reduced as {cfg.train.grad_comm}" if t.world > 1 else ""
+    return "\n".join([
+        f"run dir        {t.run_dir.resolve()}",
+        f"data           {cfg.data.shards} -> {len(shards.urls)} shard(s), "
+        f"{shards.total or '?'} images, {cfg.data.resolution}px x {cfg.data.channels}ch"
+        + (f", {shards.num_classes} classes" if shards.num_classes else ""),
+        f"processes      {t.world} on {t.device.type}, mixed precision {cfg.train.mixed_precision}{comm}",
+        f"threads        {t.threads} torch thread(s) per process ({t.threads_why}; "
+        f"train.threads to choose)",
+        f"global batch   {gb} = {t.batch} per process x {t.world} process(es){micro}",
+        f"per G step     {n} critic steps x {gb} real images = {n * gb} images",
+        f"this run       {remaining} G steps = {remaining * n * gb / 1000:.1f} kimg "
+        f"(total {cfg.train.steps * n * gb / 1000:.1f} kimg)",
+        f"models         G {count_params(t.G.raw) / 1e6:.2f}M params, "
+        f"D {count_params(t.D.raw) / 1e6:.2f}M params, {cfg.model.arch}, loss {cfg.loss.kind}"
+        + (f", conditional on {t.num_classes} classes ({cfg.model.cond})" if t.num_classes else "")
+        + (f", DiffAugment {','.join(augment.policy)}" if augment else ""),
+    ])

@@ -74,8 +74,10 @@ def config_for_resume(given: Config, preset: Config | None, explicit: list[str],
     validate(cfg)
     bad = frozen_differences(run, cfg)
     if preset is not None:
+        # A preset value the command line overrides is not what the run is given.
+        typed = set(_flat(parse_overrides(explicit))) | {x.split(":")[0] for x in bad}
         bad += [f"{b} (by the preset)" for b in frozen_differences(run, preset)
-                if b.split(":")[0] not in {x.split(":")[0] for x in bad}]
+                if b.split(":")[0] not in typed]
     if bad:
         raise ConfigError(f"cannot resume {path} with a different model or image size ("
                           + "; ".join(bad) + "); start a new run instead (log.run_dir=...)")

@@ -10,7 +10,8 @@ Otherwise reading the flag is the phase's one host sync.
 """
 from __future__ import annotations
 
-from typing import Any
+from contextlib import nullcontext
+from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator
@@ -26,8 +27,38 @@ class StepRunner:
     def apply(self, loss: torch.Tensor, opt: Any, stats: dict) -> None:
         """Backward ``loss``, step ``opt`` unless something is non-finite, zero the gradients;
         ``stats["skipped_steps"]`` is 1 for a skipped step (a device tensor, not read here)."""
-        scaler = self.acc.scaler
         self.acc.backward(loss)
+        self.finish(loss, opt, stats)
+
+    def accumulate(self, ddp_module: Any, opt: Any, batch: int, micro: int,
+                   compute: Callable[[slice], tuple[torch.Tensor, dict]]) -> dict:
+        """One step from micro-batches: ``compute(sl)`` gives the loss and statistics of
+        samples ``sl``; each micro-batch's backward is weighted by its share of the batch (so
+        the gradient is the whole batch's, per-sample penalty mean included) and DDP's
+        all-reduce runs only on the last (``no_sync`` before). ``micro`` 0 or >= batch: one
+        piece, exactly ``apply``."""
+        if not micro or micro >= batch:
+            loss, stats = compute(slice(None))
+            self.apply(loss, opt, stats)
+            return stats
+        cuts = list(range(0, batch, micro)) + [batch]
+        total: torch.Tensor | float = 0.0
+        sums: dict[str, torch.Tensor] = {}
+        for k, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
+            w = (b - a) / batch
+            last = k == len(cuts) - 2
+            with nullcontext() if last else self.acc.no_sync(ddp_module):
+                loss, stats = compute(slice(a, b))
+                self.acc.backward(loss * w)
+            total = total + loss.detach() * w
+            for key, v in stats.items():
+                sums[key] = sums[key] + v * w if key in sums else v * w
+        self.finish(total, opt, sums)
+        return sums
+
+    def finish(self, loss: torch.Tensor, opt: Any, stats: dict) -> None:
+        """After the backward: step unless non-finite (on every rank alike), zero the grads."""
+        scaler = self.acc.scaler
         if scaler is None:
             found_inf = self.found_inf(loss, opt)
             if self.fused_adam:
@@ -38,16 +69,23 @@ class StepRunner:
             finite = not bool(found_inf.item())
         else:
             finite = all_ranks_agree(self.acc, bool(torch.isfinite(loss.detach()).item()), "all")
+        # On the loss's device, like every other statistic: the tick stacks them all.
+        skipped = torch.tensor(0.0 if finite else 1.0, device=loss.device)
         if finite:
+            before = torch.as_tensor(compat.scaler_scale(scaler)).clone() if scaler else None
             opt.step()
+            if scaler is not None:
+                # The scaler backs its scale off exactly when it skipped the step. Accelerate's
+                # ``step_was_skipped`` cannot see that with a fused Adam: the scaler hands the
+                # overflow flag to the fused kernel, which skips on the device.
+                after = torch.as_tensor(compat.scaler_scale(scaler))
+                skipped = (after < before.to(after.device)).float().to(loss.device)
         elif scaler is not None:
             # Under fp16 a non-finite loss is mostly the *scaled* penalty gradient overflowing
             # (scaled-output recipe): back the scale off as the scaler would for an overflowing
             # gradient, or it never shrinks and every later step overflows too.
             scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
-        skipped = not finite or (scaler is not None and opt.step_was_skipped)
-        # On the loss's device, like every other statistic: the tick stacks them all.
-        stats["skipped_steps"] = torch.tensor(1.0 if skipped else 0.0, device=loss.device)
+        stats["skipped_steps"] = skipped
         opt.zero_grad(set_to_none=True)
 
     def found_inf(self, loss: torch.Tensor, opt: Any) -> torch.Tensor:

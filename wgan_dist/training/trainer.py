@@ -17,14 +17,15 @@ from .. import ranks
 from ..config import Config, config_from_dict, dump_yaml, to_dict
 from ..data import pipeline
 from ..data.shardset import check_shape, resolve_shards
-from ..nets import count_params
 from ..nets.augment import DiffAugment
 from ..compat import scaler_scale
 from ..objective import critic_phase, generator_phase
 from . import checkpoint as ckpt
+from . import comm
 from .draws import Draws
 from .ema import ema_beta
-from .logbook import Logbook, RunLog
+from .instrument import Instruments
+from .logbook import Logbook, RunLog, plan_text
 from .monitor import QualityMonitor
 from .networks import build_networks
 from .samples import SampleGrid, write_gif
@@ -42,10 +43,32 @@ def load_optimizer_state(opt: torch.optim.Optimizer, saved: dict) -> None:
     opt.load_state_dict({**saved, "param_groups": groups})
 
 
+def resolve_num_classes(cfg: Config, shards) -> int:
+    """model.num_classes from the shard manifest for a conditional model (0 otherwise)."""
+    m, names = cfg.model, shards.class_names
+    if not m.conditional:
+        return 0
+    where = shards.manifest_path or cfg.data.shards
+    if not names:
+        raise ValueError(f"model.conditional=true needs labelled shards, but {where} has no "
+                         f"class labels (class subfolders, QuickDraw files or the built-in set "
+                         f"give labels); or set model.conditional=false")
+    if m.num_classes and m.num_classes != len(names):
+        raise ValueError(f"model.num_classes={m.num_classes} but {where} has {len(names)} "
+                         f"classes ({', '.join(names)}); leave model.num_classes=0 to take them "
+                         f"from the manifest")
+    m.num_classes = len(names)  # stored with the config in every checkpoint
+    return m.num_classes
+
+
+def _sl(t: torch.Tensor | None, sl: slice) -> torch.Tensor | None:
+    return None if t is None else t[sl]
+
+
 class Trainer:
     def __init__(self, cfg: Config, resume: str | None = None, overwrite: bool = False) -> None:
         self.cfg = cfg
-        self.acc = ranks.make_accelerator(cfg.train.mixed_precision)
+        self.acc = ranks.make_accelerator(cfg.train.mixed_precision, cfg.train.bucket_mb)
         self.device = self.acc.device
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.run_dir = cfg.run_dir
@@ -56,6 +79,11 @@ class Trainer:
         self.resume_from = ckpt.select_resume(self.run_dir, resume, overwrite, log=say)
         self._setup_data()
         self.G, self.D, self.ema, self.fused_adam = build_networks(self.acc, cfg, say)
+        self.instruments = Instruments(self.rank)  # off unless a benchmark asks
+        self.comm_states = [comm.register(net.eager, cfg.train.grad_comm, cfg.train.powersgd_rank,
+                                          cfg.train.powersgd_start, self.instruments.on)
+                            for net in (self.G, self.D)]
+        self.vote = ranks.StopVote(self.acc)
         self.classify = bool(getattr(self.D.raw, "classifies", False))  # the critic has an AC head
         augment = DiffAugment(cfg.data.diffaug) if cfg.data.diffaug else None
         self.draws = Draws(cfg.train.seed, self.rank, self.device, self.batch,
@@ -99,28 +127,11 @@ class Trainer:
                 class_names=[c.strip() for c in cfg.data.class_names.split(",") if c.strip()])
         check_shape(self.shards, cfg.data.resolution, cfg.data.channels)
         self.shards.check()  # on every rank (headers only), so every rank stops alike
-        self.num_classes = self._resolve_num_classes()
+        self.num_classes = resolve_num_classes(cfg, self.shards)
 
-    def _resolve_num_classes(self) -> int:
-        """model.num_classes from the shard manifest for a conditional model (0 otherwise)."""
-        m, names = self.cfg.model, self.shards.class_names
-        if not m.conditional:
-            return 0
-        where = self.shards.manifest_path or self.cfg.data.shards
-        if not names:
-            raise ValueError(f"model.conditional=true needs labelled shards, but {where} has no "
-                             f"class labels (class subfolders, QuickDraw files or the built-in set "
-                             f"give labels); or set model.conditional=false")
-        if m.num_classes and m.num_classes != len(names):
-            raise ValueError(f"model.num_classes={m.num_classes} but {where} has {len(names)} "
-                             f"classes ({', '.join(names)}); leave model.num_classes=0 to take them "
-                             f"from the manifest")
-        m.num_classes = len(names)  # stored with the config in every checkpoint
-        return m.num_classes
-
-    def make_batches(self, skip: int, count: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """``count`` batches, the first ``skip`` of the run's stream already consumed; the
-        generator's ``close()`` shuts the loader's workers down."""
+    def make_batches(self, skip: int, count: int) -> pipeline.Taken:
+        """``count`` batches, the first ``skip`` of the run's stream already consumed; its
+        ``close()`` shuts the loader's workers down."""
         cfg = self.cfg
         loader = pipeline.make_loader(
             self.shards.urls, rank=self.rank, world=self.world, seed=cfg.train.seed,
@@ -128,13 +139,7 @@ class Trainer:
             num_batches=count, workers=cfg.data.workers, shuffle_buffer=cfg.data.shuffle_buffer,
             hflip=cfg.data.hflip, skip_batches=skip, pin_memory=self.device.type == "cuda",
             expected=self.shards.expected)
-        try:
-            for i, batch in enumerate(loader):
-                if i >= count:
-                    break
-                yield batch
-        finally:
-            loader.close()
+        return loader.take(count)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -174,22 +179,29 @@ class Trainer:
                     augment=None) -> dict:
         if self.cfg.train.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad(), self.acc.autocast():
-            fake = self.G.fwd(z, y_fake)
         scale = scaler_scale(self.acc.scaler) if self.acc.scaler is not None else 1.0
-        with self.acc.autocast():
-            loss, stats = critic_phase(self.D.fwd, real, fake, alpha, self.cfg.loss, scale,
-                                       y_real=y_real, y_fake=y_fake, classify=self.classify,
-                                       augment=augment, penalty_critic=self.D.eager)
-        self.steps.apply(loss, self.D.opt, stats)
-        return stats
+
+        def compute(sl: slice) -> tuple[torch.Tensor, dict]:
+            yr, yf = _sl(y_real, sl), _sl(y_fake, sl)
+            with torch.no_grad(), self.acc.autocast():
+                fake = self.G.fwd(z[sl], yf)
+            with self.acc.autocast():
+                return critic_phase(self.D.fwd, real[sl], fake, alpha[sl], self.cfg.loss, scale,
+                                    y_real=yr, y_fake=yf, classify=self.classify,
+                                    augment=augment.sliced(sl) if augment else None,
+                                    penalty_critic=self.D.eager)
+        return self.steps.accumulate(self.D.eager, self.D.opt, real.shape[0],
+                                     self.cfg.train.micro_batch, compute)
 
     def generator_step(self, z: torch.Tensor, y: torch.Tensor | None = None, augment=None) -> dict:
-        with self.D.frozen_params() as critic, self.acc.autocast():
-            loss, stats = generator_phase(critic, self.G.fwd(z, y), self.cfg.loss, y=y,
-                                          classify=self.classify, augment=augment)
-        self.steps.apply(loss, self.G.opt, stats)
-        return stats
+        def compute(sl: slice) -> tuple[torch.Tensor, dict]:
+            ys = _sl(y, sl)
+            with self.D.frozen_params() as critic, self.acc.autocast():
+                return generator_phase(critic, self.G.fwd(z[sl], ys), self.cfg.loss, y=ys,
+                                       classify=self.classify,
+                                       augment=augment.sliced(sl) if augment else None)
+        return self.steps.accumulate(self.G.eager, self.G.opt, z.shape[0],
+                                     self.cfg.train.micro_batch, compute)
 
     def _real_batch(self, batches: Iterator) -> tuple[torch.Tensor, torch.Tensor | None]:
         fmt = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
@@ -218,22 +230,28 @@ class Trainer:
             batches.close()  # the loader's workers go now, whatever happened
 
     def _loop(self, batches: Iterator) -> dict[str, float]:
-        cfg, acc, log = self.cfg, self.acc, self.logbook
+        cfg, log = self.cfg, self.logbook
         n_critic, batch = cfg.optim.n_critic, cfg.train.batch_size
         log.start(self.nimg)
         last: dict[str, float] = {}
+        inst = self.instruments
         while self.step < cfg.train.steps:
-            # --- n_critic critic phases, then one generator phase, then the EMA
-            for i in range(n_critic):
-                real, y_real = self._real_batch(batches)
-                log.add(self.critic_step(real, y_real=y_real, **self.draws.critic(self.step, i)),
-                        1.0 / n_critic)
-            g_draws = self.draws.generator(self.step)
-            log.add(self.generator_step(**g_draws), 1.0)
-            self.step += 1
-            self.nimg += batch * n_critic
-            self.ema.update(self.G.raw, ema_beta(cfg.train.ema_kimg, cfg.train.ema_rampup,
-                                                 self.step * batch, batch))
+            # --- n_critic critic phases, then one generator phase, then the EMA; no host read
+            with inst.phase("critic"):
+                for i in range(n_critic):
+                    real, y_real = self._real_batch(batches)
+                    log.add(self.critic_step(real, y_real=y_real, **self.draws.critic(self.step, i)),
+                            1.0 / n_critic)
+            with inst.phase("generator"):
+                g_draws = self.draws.generator(self.step)
+                log.add(self.generator_step(**g_draws), 1.0)
+            with inst.phase("step"):
+                self.step += 1
+                self.nimg += batch * n_critic
+                self.ema.update(self.G.raw, ema_beta(cfg.train.ema_kimg, cfg.train.ema_rampup,
+                                                     self.step * batch, batch))
+                # A stop every rank agrees on, decided one step after the signal (no wait).
+                self.stopped = self.vote.step(self.signals.requested)
             done = self.step == cfg.train.steps
             log.beat(self.step, self.nimg)
             if self.step % cfg.log.tick_every == 0 or done:
@@ -244,9 +262,8 @@ class Trainer:
                 with torch.no_grad():
                     fake = self.G.raw(g_draws["z"])
                 self.monitor.gp_visuals(self.D.raw, real, fake, self.step)
-            # --- a stop every rank agrees on; the checkpoint before the evaluation, which
-            # may fail (a resumed run then evaluates instead of replaying the end)
-            self.stopped = ranks.all_ranks_agree(acc, self.signals.requested, "any")
+            # --- the checkpoint before the evaluation, which may fail (a resumed run then
+            # evaluates instead of replaying the end)
             if self.step % cfg.log.ckpt_every == 0 or done or self.stopped:
                 path = self.save()
                 if self.stopped:
@@ -254,6 +271,8 @@ class Trainer:
                     break
             if (cfg.eval.every and self.step % cfg.eval.every == 0) or done:
                 last.update(self.monitor.evaluate(self.ema.model, self.step, self.nimg))
+            inst.step_done()
+        self.vote.close()  # every rank finishes the vote in flight
         return last
 
     def _lrs(self) -> dict[str, float]:
@@ -270,28 +289,11 @@ class Trainer:
 
     def plan(self, remaining: int) -> str:
         """The start-up lines: where, what data, how many processes, what a step is."""
-        cfg, n, gb = self.cfg, self.cfg.optim.n_critic, self.cfg.train.batch_size
-        shards, augment = self.shards, self.draws.augment
-        return "\n".join([
-            f"run dir        {self.run_dir.resolve()}",
-            f"data           {cfg.data.shards} -> {len(shards.urls)} shard(s), "
-            f"{shards.total or '?'} images, {cfg.data.resolution}px x {cfg.data.channels}ch"
-            + (f", {shards.num_classes} classes" if shards.num_classes else ""),
-            f"processes      {self.world} on {self.device.type}, mixed precision {cfg.train.mixed_precision}",
-            f"threads        {self.threads} torch thread(s) per process ({self.threads_why}; "
-            f"train.threads to choose)",
-            f"global batch   {gb} = {self.batch} per process x {self.world} process(es)",
-            f"per G step     {n} critic steps x {gb} real images = {n * gb} images",
-            f"this run       {remaining} G steps = {remaining * n * gb / 1000:.1f} kimg "
-            f"(total {cfg.train.steps * n * gb / 1000:.1f} kimg)",
-            f"models         G {count_params(self.G.raw) / 1e6:.2f}M params, "
-            f"D {count_params(self.D.raw) / 1e6:.2f}M params, {cfg.model.arch}, loss {cfg.loss.kind}"
-            + (f", conditional on {self.num_classes} classes ({cfg.model.cond})" if self.num_classes else "")
-            + (f", DiffAugment {','.join(augment.policy)}" if augment else ""),
-        ])
+        return plan_text(self, remaining)
 
     def close(self) -> None:
         self.signals.uninstall()
+        self.instruments.close()
         self.writer.close()
         ranks.main_then_all(self.acc, write_gif, self.run_dir / "samples")
         self.acc.end_training()
