@@ -183,3 +183,14 @@ def test_cli_ns_baseline(tmp_path: Path) -> None:
     _toy_cli("--dataset", "ring", "--seeds", "1", "--steps", "3", "--loss", "ns",
              "--out", str(tmp_path))
     assert json.loads((tmp_path / "results.json").read_text())["args"]["loss"] == "ns"
+
+
+def test_grad_comm_fp32_is_the_plain_run_and_powersgd_is_not(tmp_path: Path) -> None:
+    """--grad-comm puts both networks through one-process DDP with the hook: the exact sum
+    (fp32) changes nothing, bit for bit; rank-1 PowerSGD (after 10 plain iterations) does."""
+    points = {}
+    for setting in ("none", "fp32", "powersgd"):
+        run_toy("ring", 0, 40, out_dir=str(tmp_path / setting), reject=0, grad_comm=setting)
+        points[setting] = np.load(tmp_path / setting / "ring_seed0.npy")
+    assert np.array_equal(points["none"], points["fp32"])
+    assert not np.array_equal(points["none"], points["powersgd"])

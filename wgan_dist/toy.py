@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reject", type=float, default=0.1,
                    help="also score the JBT sampler that rejects this fraction of latents "
                         "(the steepest); 0: only the generator's own samples")
+    p.add_argument("--grad-comm", default="none", choices=("none", "fp32", "bf16", "fp16", "powersgd"),
+                   help="train both networks through one-process DDP with this gradient "
+                        "communication hook (train.grad_comm): its effect on quality")
     p.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     return p
 
@@ -66,8 +69,9 @@ def _cells(dataset: str, vals: dict[str, Any]) -> dict[str, str]:
 
 
 def _run_job(job: tuple) -> dict[str, Any]:
-    ds, seed, steps, out, loss, threads, reject = job
-    return run_toy(ds, seed, steps, out_dir=out, loss=loss, threads=threads, reject=reject)
+    ds, seed, steps, out, loss, threads, reject, grad_comm = job
+    return run_toy(ds, seed, steps, out_dir=out, loss=loss, threads=threads, reject=reject,
+                   grad_comm=grad_comm)
 
 
 def _results(jobs: list[tuple], processes: int) -> tuple[Iterator[dict], Any]:
@@ -118,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"{h:>16}" for h in ("modes|fake->real", "HQ %|real->fake", "reverse KL", "seconds")))
     results: dict[str, Any] = {"args": vars(args) | {"seeds": seeds}, "datasets": {},
                                "torch_threads_per_run": args.threads}
-    jobs = [(ds, seed, args.steps, args.out, args.loss, args.threads, args.reject)
+    jobs = [(ds, seed, args.steps, args.out, args.loss, args.threads, args.reject, args.grad_comm)
             for ds in datasets for seed in seeds]
     done, pool = _results(jobs, args.jobs)
     for ds in datasets:

@@ -16,7 +16,8 @@ from torch import nn
 
 from .. import objective
 from ..config import LossConfig
-from ..ranks import generator_for, seed_for
+from ..ranks import generator_for, release_single_process_group, seed_for, single_process_group
+from ..training import comm
 from ..training.ema import EMA
 from .data import DATA_SCALE, DATASETS, sample_latent, sample_real
 from .score import N_EVAL, jbt_latents, run_title, save_scatter, toy_metrics
@@ -70,6 +71,14 @@ class ToyConfig:
     """he (Kaiming normal, fan-in) or torch (nn.Linear's default)."""
     normalize: bool = True
     """Train on data / DATA_SCALE (the points are rescaled back for scoring)."""
+    grad_comm: str = "none"
+    """none, or a ``train.grad_comm`` setting (fp32, bf16, fp16, powersgd): both networks go
+    through one-process DDP with that communication hook, so its effect on the gradients --
+    PowerSGD's low-rank approximation with error feedback -- is measured here."""
+    powersgd_rank: int = 1
+    """PowerSGD's matrix rank (grad_comm powersgd)."""
+    powersgd_start: int = 10
+    """Plain all-reduce iterations before PowerSGD starts."""
 
 
 ACTIVATIONS = {"relu": nn.ReLU, "lrelu": lambda: nn.LeakyReLU(0.2), "silu": nn.SiLU,
@@ -133,9 +142,21 @@ class ToyRun:
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr_g,
                                       betas=cfg.g_betas or cfg.betas, fused=True)
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr_d, betas=cfg.betas, fused=True)
+        # What the optimizers' gradients come through: the module itself, or one-process DDP
+        # with a communication hook (the raw modules stay for the EMA, scoring and the frozen
+        # critic of the generator step).
+        self.g_net, self.d_net = self.g, self.d
+        if cfg.grad_comm != "none":
+            single_process_group()
+            self.g_net, self.d_net = (self._ddp(m) for m in (self.g, self.d))
         # The image trainer's objective, term for term (ns: no penalty).
         self.loss = LossConfig(kind=loss, gp_weight=cfg.gp_weight if loss == "wgan-gp" else 0.0,
                                one_sided=cfg.one_sided)
+
+    def _ddp(self, module: nn.Module) -> nn.Module:
+        net = nn.parallel.DistributedDataParallel(module)
+        comm.register(net, self.cfg.grad_comm, self.cfg.powersgd_rank, self.cfg.powersgd_start)
+        return net
 
     @property
     def sampler(self) -> nn.Module:
@@ -144,6 +165,9 @@ class ToyRun:
 
     def critic(self, x: torch.Tensor) -> torch.Tensor:
         return self.d(x).squeeze(1)  # (B, 1) -> (B,)
+
+    def _trained_critic(self, x: torch.Tensor) -> torch.Tensor:
+        return self.d_net(x).squeeze(1)
 
     def step(self, step: int, steps: int) -> dict[str, torch.Tensor]:
         cfg = self.cfg
@@ -158,14 +182,16 @@ class ToyRun:
             with torch.no_grad():
                 fake = self.g(sample_latent(cfg.batch, cfg, self.gen))
             alpha = torch.rand(len(real), generator=self.gen) if self.loss.gp_weight else None
-            d_loss, stats = objective.critic_phase(self.critic, real, fake, alpha, self.loss)
+            d_loss, stats = objective.critic_phase(self._trained_critic, real, fake, alpha,
+                                                   self.loss)
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             self.opt_d.step()
         # The critic is frozen for the generator step: its gradients would be discarded.
         self.d.requires_grad_(False)
         g_loss, _ = objective.generator_phase(
-            self.critic, self.g(sample_latent(cfg.g_batch or cfg.batch, cfg, self.gen)), self.loss)
+            self.critic, self.g_net(sample_latent(cfg.g_batch or cfg.batch, cfg, self.gen)),
+            self.loss)
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
@@ -240,6 +266,7 @@ def run_toy(dataset: str, seed: int, steps: int, out_dir: str | None = None,
                 _save_points(out_dir, dataset, seed, jbt_points, jbt, "_jbt", f" | JBT {reject:g}")
     finally:
         torch.set_num_threads(prev_threads)
+        release_single_process_group()
     return {"dataset": dataset, "seed": seed, "steps": steps, "loss": loss, **metrics, "jbt": jbt,
             "initial": initial, "train": {k: float(v) for k, v in last.items()},
             "train_seconds": train_s, "seconds": time.perf_counter() - t0, "config": asdict(cfg)}
