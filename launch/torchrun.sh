@@ -7,6 +7,7 @@
 #   NPROC=2 bash launch/torchrun.sh model.g_width=8 train.steps=50    # 2 processes (CPU works)
 #   # two nodes, 8 GPUs each: run on both; the rendezvous is hosted on node0
 #   NNODES=2 MASTER_ADDR=node0 bash launch/torchrun.sh --config celeba128
+#   BACKEND=deepspeed bash launch/torchrun.sh --config celeba128      # DeepSpeed ZeRO-2, not DDP
 #   DRY_RUN=1 bash launch/torchrun.sh --config celeba128              # print the command only
 #   bash launch/torchrun.sh --help        # this text (the trainer's: python -m wgan_dist.train --help)
 #
@@ -21,6 +22,8 @@
 #                 the restarted workers resume from the newest checkpoint
 #   STOP_TIMEOUT  seconds torchrun waits for workers to checkpoint and exit after a stop signal
 #                 before it kills them (default 120)
+#   BACKEND       ddp (default) or deepspeed: DeepSpeed ZeRO engines (train.backend=deepspeed)
+#   DEEPSPEED_CONFIG  their DeepSpeed config (default launch/deepspeed_zero2.json: ZeRO-2)
 #   PYTHON        the interpreter (default: python)
 #
 # Stopping: SIGTERM, SIGINT or SIGUSR1 to torchrun is passed to every worker, which finishes its
@@ -62,12 +65,19 @@ fi
 # gives each round its own store (c10d only; static rendezvous always shares it).
 export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
 
+case ${BACKEND:-ddp} in
+    ddp) backend=() ;;
+    deepspeed) backend=(train.backend=deepspeed
+                        train.deepspeed_config="${DEEPSPEED_CONFIG:-$REPO/launch/deepspeed_zero2.json}") ;;
+    *) echo "error: BACKEND=$BACKEND: choose ddp or deepspeed" >&2; exit 2 ;;
+esac
+
 cmd=("$PYTHON" -m torch.distributed.run "${rendezvous[@]}"
      --nproc-per-node="$NPROC" --max-restarts="$MAX_RESTARTS"
      # torchrun handles TERM/INT/HUP/QUIT by default; USR1 is the Slurm-style "checkpoint now".
      --signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1
      --shutdown-timeout="$STOP_TIMEOUT"
-     -m wgan_dist.train --resume auto "$@")
+     -m wgan_dist.train --resume auto "${backend[@]}" "$@")
 
 if [[ ${DRY_RUN:-0} == 1 ]]; then
     printf '%q ' "${cmd[@]}"; echo

@@ -3,6 +3,7 @@
 # Submit from the repository root (the job runs there):
 #
 #   sbatch slurm/celeba_8gpu.sh
+#   BACKEND=deepspeed sbatch slurm/celeba_8gpu.sh         # DeepSpeed ZeRO-2 instead of DDP
 #   sbatch -p gpu --time=2-00:00:00 slurm/celeba_8gpu.sh train.steps=200000   # args = overrides
 #   RUN_DIR=runs/celeba-lr2e-4 OVERRIDES="optim.lr_g=2e-4 optim.lr_d=2e-4" sbatch slurm/celeba_8gpu.sh
 #   DRY_RUN=1 bash slurm/celeba_8gpu.sh                 # print the launch command and exit
@@ -17,6 +18,8 @@
 #   NPROC        training processes (default: GPUs Slurm gave the job, else 8)
 #   MASTER_PORT  rendezvous port on this node (default: a free one)
 #   OVERRIDES    extra section.field=value overrides, space-separated (script args work too)
+#   BACKEND      ddp (default) or deepspeed: DeepSpeed ZeRO (train.backend=deepspeed)
+#   DEEPSPEED_CONFIG  its DeepSpeed config (default launch/deepspeed_zero2.json: ZeRO-2)
 #   MAX_RESTARTS relaunches after a crash inside one allocation, each resuming from the newest
 #                checkpoint (default 3)
 #   STOP_TIMEOUT seconds the workers get to checkpoint after the stop signal (default 120)
@@ -64,6 +67,14 @@ NPROC=${NPROC:-${SLURM_GPUS_ON_NODE:-8}}
 ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-launch/accelerate_8gpu.yaml}
 MAX_RESTARTS=${MAX_RESTARTS:-3}
 read -r -a overrides <<<"${OVERRIDES:-}"
+# BACKEND=deepspeed: DeepSpeed ZeRO engines on the same launch (train.backend=deepspeed,
+# docs/deepspeed.md), configured by DEEPSPEED_CONFIG.
+case ${BACKEND:-ddp} in
+    ddp) backend=() ;;
+    deepspeed) backend=(train.backend=deepspeed
+                        train.deepspeed_config="${DEEPSPEED_CONFIG:-launch/deepspeed_zero2.json}") ;;
+    *) echo "error: BACKEND=$BACKEND: choose ddp or deepspeed" >&2; exit 2 ;;
+esac
 
 # torch.distributed.run (inside accelerate launch) reads its options from PET_* variables:
 # pass SIGUSR1 on to the workers instead of dying of it, and wait for their checkpoint.
@@ -74,7 +85,7 @@ cmd=("$PYTHON" -m accelerate.commands.launch --config_file "$ACCELERATE_CONFIG"
      --num_processes "$NPROC" --max_restarts 0
      ${MASTER_PORT:+--main_process_port "$MASTER_PORT"}
      -m wgan_dist.train --config "$CONFIG" --run-dir "$RUN_DIR" --resume auto
-     ${SHARDS:+data.shards="$SHARDS"} "${overrides[@]}" "$@")
+     "${backend[@]}" ${SHARDS:+data.shards="$SHARDS"} "${overrides[@]}" "$@")
 
 if [[ ${DRY_RUN:-0} == 1 ]]; then
     printf '%q ' "${cmd[@]}"; echo

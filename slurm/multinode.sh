@@ -4,6 +4,7 @@
 # Submit from the repository root (the job runs there):
 #
 #   sbatch -N 4 slurm/multinode.sh                                     # 4 x 8 GPUs, celeba128
+#   BACKEND=deepspeed sbatch -N 4 slurm/multinode.sh                   # DeepSpeed ZeRO-2
 #   sbatch -N 2 -p gpu slurm/multinode.sh train.steps=200000          # args = overrides
 #   CONFIG=celeba128 RUN_DIR=runs/celeba-32gpu sbatch -N 4 slurm/multinode.sh
 #   LAUNCHER=accelerate sbatch -N 2 slurm/multinode.sh                 # accelerate launch instead
@@ -20,6 +21,8 @@
 #   MASTER_ADDR   rendezvous host (default: first node of the job)
 #   MASTER_PORT   rendezvous port (default 29500 + job id % 1000)
 #   OVERRIDES     extra section.field=value overrides, space-separated (script args work too)
+#   BACKEND       ddp (default) or deepspeed: DeepSpeed ZeRO (train.backend=deepspeed)
+#   DEEPSPEED_CONFIG  its DeepSpeed config (default launch/deepspeed_zero2.json: ZeRO-2)
 #   LAUNCHER      torchrun (default) or accelerate (launch/accelerate_multinode.yaml)
 #   MAX_RESTARTS  relaunches after a crash inside one allocation, each resuming from the newest
 #                 checkpoint (default 3)
@@ -74,8 +77,16 @@ MAX_RESTARTS=${MAX_RESTARTS:-3}
 STOP_TIMEOUT=${STOP_TIMEOUT:-120}
 LAUNCHER=${LAUNCHER:-torchrun}
 read -r -a overrides <<<"${OVERRIDES:-}"
+# BACKEND=deepspeed: DeepSpeed ZeRO engines on the same launch (train.backend=deepspeed,
+# docs/deepspeed.md), configured by DEEPSPEED_CONFIG.
+case ${BACKEND:-ddp} in
+    ddp) backend=() ;;
+    deepspeed) backend=(train.backend=deepspeed
+                        train.deepspeed_config="${DEEPSPEED_CONFIG:-launch/deepspeed_zero2.json}") ;;
+    *) echo "error: BACKEND=$BACKEND: choose ddp or deepspeed" >&2; exit 2 ;;
+esac
 train=(-m wgan_dist.train --config "$CONFIG" --run-dir "$RUN_DIR" --resume auto
-       ${SHARDS:+data.shards="$SHARDS"} "${overrides[@]}" "$@")
+       "${backend[@]}" ${SHARDS:+data.shards="$SHARDS"} "${overrides[@]}" "$@")
 
 # torch.distributed.run reads its options from PET_* variables too (accelerate launch uses it).
 # SIGUSR1 is not among the signals it passes on here: srun delivers SIGUSR1 to every process of

@@ -113,9 +113,11 @@ def main() -> int:
     mine = slice(rank * b, (rank + 1) * b)
     n_critic, latent = cfg.optim.n_critic, cfg.model.latent_dim
     last = rank == world - 1
-    rec: dict = {"rank": rank, "world": world, "grads_D": [], "grads_G": [], "params": []}
-    record_grads(t.D.opt, t.D.raw, rec["grads_D"])
-    record_grads(t.G.opt, t.G.raw, rec["grads_G"])
+    rec: dict = {"rank": rank, "world": world, "grads_D": [], "grads_G": [], "params": [],
+                 "backend": cfg.train.backend, "zero_stage": cfg.train.zero_stage}
+    if cfg.train.backend == "ddp":  # a ZeRO engine's gradients are partitions, not .grad
+        record_grads(t.D.opt, t.D.raw, rec["grads_D"])
+        record_grads(t.G.opt, t.G.raw, rec["grads_G"])
 
     def params() -> dict:
         return {"G": flat(t.G.raw.parameters()), "D": flat(t.D.raw.parameters())}
@@ -183,6 +185,11 @@ def main() -> int:
                 generator(kind)
         rec["events"] = events
 
+    # Adam's moments, whole (gathered from the partitions under ZeRO; a collective): with
+    # beta1 = 0 exp_avg is the last step's gradient, so a sum-for-mean slip shows here too.
+    rec["opt"] = {part: {i: {k: v.clone() for k, v in s.items() if torch.is_tensor(v)}
+                         for i, s in net.opt.state_dict()["state"].items()}
+                  for part, net in (("G", t.G), ("D", t.D))}
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(rec, out_dir / f"rank{rank}.pt")
     t.close()

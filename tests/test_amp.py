@@ -15,7 +15,7 @@ fp32 run; ``dist.make_accelerator`` now says so). So
 * Not covered: Accelerate's choice of scaler on CUDA (``GradScaler("cuda")``, same class and
   logic), CUDA's fp16 kernels (their rounding differs from the CPU's), DeepSpeed/FSDP scalers.
 
-Tolerances (also in docs/deepspeed.md, "What the CPU tests prove"), measured on a 2-core
+Tolerances (also in docs/scaling.md, "What the CPU tests prove"), measured on a 2-core
 x86 CPU with the tiny models below (critic grads: max|diff| / max|fp32|); bounds about 3x:
 
     quantity                   bf16 measured (bound)    fp16, scale 2^10 measured (bound)

@@ -43,7 +43,7 @@ START_HINT = "start it with `bash .ci/slurm_cluster.sh start` (as root)"
 SCRIPT_VARS = ("CONFIG", "SHARDS", "RUN_DIR", "NPROC", "GPUS_PER_NODE", "MASTER_ADDR",
                "MASTER_PORT", "OVERRIDES", "LAUNCHER", "MAX_RESTARTS", "STOP_TIMEOUT", "REQUEUE",
                "ACCELERATE_CONFIG", "PYTHON", "REPO_DIR", "DRY_RUN", "NNODES", "NODE_RANK",
-               "WORLD_SIZE", "RANK", "LOCAL_RANK")
+               "WORLD_SIZE", "RANK", "LOCAL_RANK", "BACKEND", "DEEPSPEED_CONFIG", "HOSTFILE")
 
 
 def base_env() -> dict[str, str]:
@@ -215,14 +215,17 @@ def check_run_dir(run: Path, steps: int) -> dict:
 
 # --------------------------------------------------------------------------------------------
 
-def test_job_trains_on_two_processes(cluster, builtin_shards, tmp_path):
-    """A plain job of slurm/celeba_8gpu.sh. (slurm/multinode.sh runs plain jobs inside the
-    crash and time-limit tests below: one job less on a 2-core machine.)"""
+def test_job_trains_on_two_processes_with_deepspeed(cluster, builtin_shards, tmp_path):
+    """A plain job of `BACKEND=deepspeed sbatch slurm/celeba_8gpu.sh` (DeepSpeed ZeRO-2).
+    The DDP jobs of both scripts run inside the crash and time-limit tests below: one job
+    less on a 2-core machine."""
     run, steps = tmp_path / "run", 4
-    job = submit("slurm/celeba_8gpu.sh", job_env(builtin_shards, run, steps), tmp_path)
+    job = submit("slurm/celeba_8gpu.sh", job_env(builtin_shards, run, steps, BACKEND="deepspeed"),
+                 tmp_path)
     out = wait_job(job, tmp_path)
     assert "accelerate.commands.launch" in out  # the script echoes the command it runs
-    assert re.search(r"processes\s+2 on cpu", out), f"not a 2-process group:\n{out[-4000:]}"
+    assert re.search(r"processes\s+2 on cpu, .*DeepSpeed ZeRO-2", out), \
+        f"not a 2-process ZeRO-2 group:\n{out[-4000:]}"
     assert f"done at step {steps}" in out
     check_run_dir(run, steps)
 
@@ -333,6 +336,13 @@ def test_dry_run_prints_the_launch_and_reads_the_environment(tmp_path):
               SHARDS="shards/y", RUN_DIR="runs/z", OVERRIDES="a.b=1 c.d=2", MASTER_PORT="1234")
     assert "--num_processes 4 --max_restarts 0 --main_process_port 1234" in out
     assert "--config configs/x.yaml --run-dir runs/z --resume auto data.shards=shards/y a.b=1 c.d=2 train.steps=7" in out
+    out = dry("slurm/celeba_8gpu.sh", BACKEND="deepspeed", OVERRIDES="a.b=1")
+    assert "--resume auto train.backend=deepspeed train.deepspeed_config=launch/deepspeed_zero2.json a.b=1" in out
+    out = dry("slurm/multinode.sh", BACKEND="deepspeed", DEEPSPEED_CONFIG="ds.yaml", SLURM_NNODES="2")
+    assert "train.backend=deepspeed train.deepspeed_config=ds.yaml" in out
+    r = subprocess.run(["bash", "slurm/celeba_8gpu.sh"], cwd=REPO, capture_output=True, text=True,
+                       env={**base_env(), "DRY_RUN": "1", "BACKEND": "zero"})
+    assert r.returncode == 2 and "BACKEND=zero: choose ddp or deepspeed" in r.stderr
 
     out = dry("slurm/multinode.sh", SLURM_JOB_ID="4321", SLURM_NNODES="3",
               SLURM_JOB_NODELIST="", MASTER_ADDR="node7")
@@ -354,6 +364,13 @@ def test_dry_run_prints_the_launch_and_reads_the_environment(tmp_path):
     out = dry("launch/torchrun.sh", NNODES="2", NODE_RANK="1", MASTER_ADDR="n0", RDZV_BACKEND="static")
     assert "--nnodes=2 --node-rank=1 --master-addr=n0 --master-port=29500" in out
 
+    out = dry("launch/torchrun.sh", BACKEND="deepspeed", NPROC="2")
+    assert "-m wgan_dist.train --resume auto train.backend=deepspeed train.deepspeed_config=" in out
+    out = dry("launch/deepspeed.sh", "a.b=1", NPROC="4")
+    assert "-m deepspeed.launcher.runner --num_gpus 4 --master_port 29500 --module wgan_dist.train" in out
+    assert "--resume auto train.backend=deepspeed train.deepspeed_config=" in out and "a.b=1" in out
+    assert "--hostfile hosts" in dry("launch/deepspeed.sh", HOSTFILE="hosts")
+
     for script in ("slurm/celeba_8gpu.sh", "slurm/multinode.sh"):
         header = re.findall(r"^#SBATCH (\S+)", (REPO / script).read_text(), re.M)
         for opt in ("--requeue", "--open-mode=append", "--gres=gpu:8"):
@@ -361,15 +378,15 @@ def test_dry_run_prints_the_launch_and_reads_the_environment(tmp_path):
         assert any(re.fullmatch(r"--signal=B:USR1@\d+", o) for o in header), script
 
 
-@pytest.mark.parametrize("script", ["launch/torchrun.sh", "slurm/celeba_8gpu.sh",
-                                    "slurm/multinode.sh"])
+@pytest.mark.parametrize("script", ["launch/torchrun.sh", "launch/deepspeed.sh",
+                                    "slurm/celeba_8gpu.sh", "slurm/multinode.sh"])
 def test_help_prints_the_scripts_usage_and_exits_0(script):
     """--help (or -h, anywhere among the arguments) prints the script's own comment block, its
     usage and environment variables, and exits 0 without launching anything (no cluster
     needed): an interpreter that fails and a repository dir that does not exist would show."""
     text = (REPO / script).read_text()
     documented = re.findall(r"^#   ([A-Z][A-Z_]+)\s", text, re.M)
-    assert len(documented) >= 8, documented
+    assert len(documented) >= 5, documented
     env = {**base_env(), "PYTHON": "false", "REPO_DIR": "/nonexistent"}
     for args in (["--help"], ["-h"], ["train.steps=5", "--help"]):
         r = subprocess.run(["bash", script, *args], cwd=REPO, capture_output=True, text=True,

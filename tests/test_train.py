@@ -203,3 +203,6 @@ def test_resume_flag_does_not_swallow_an_override():
     assert a.resume == "latest" and a.overrides == ["train.steps=600", "log.tick_every=5"]
     assert parse_args(["--resume", "auto", "train.steps=6"]).resume == "auto"
     assert parse_args(["train.steps=6"]).resume is None
+    # in its place: after the run's other overrides, the last one wins
+    a = parse_args(["train.steps=3", "--resume", "train.steps=4"])
+    assert a.resume == "latest" and a.overrides == ["train.steps=3", "train.steps=4"]

@@ -18,13 +18,27 @@ from accelerate.utils import DistributedDataParallelKwargs, DistributedType, Gra
 
 T = TypeVar("T")
 
-DEEPSPEED_REFUSED = (
-    "DeepSpeed is not supported: the gradient penalty differentiates the critic with respect "
-    "to its input (torch.autograd.grad(create_graph=True)) before the backward, and a DeepSpeed "
-    "ZeRO engine's backward hooks fail on that (deepspeed 0.19.8, ZeRO 1 and 2: IndexError in "
-    "engine._backward_post_hook). See docs/deepspeed.md. Launch with DDP instead: "
-    "`accelerate launch --multi_gpu ...` or `torchrun ...`."
-)
+DEEPSPEED_ACCELERATE = (
+    "Accelerate formed a DeepSpeed state: the trainer builds its DeepSpeed engines itself "
+    "(train.backend=deepspeed, docs/deepspeed.md) on a plain process group")
+
+
+def launcher_deepspeed() -> dict[str, str | None] | None:
+    """What `accelerate launch` with a DeepSpeed Accelerate config handed this process (it
+    sets ACCELERATE_USE_DEEPSPEED and ACCELERATE_DEEPSPEED_* from the config's
+    ``deepspeed_config``), or None for any other launch. ``training.zero.resolve`` routes the
+    run to train.backend=deepspeed with it; values are the launcher's strings, absent -> None."""
+    env = os.environ
+    if env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return None
+    names = {"zero_stage": "ACCELERATE_DEEPSPEED_ZERO_STAGE",
+             "config_file": "ACCELERATE_DEEPSPEED_CONFIG_FILE",
+             "offload_optimizer_device": "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE",
+             "offload_param_device": "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE",
+             "gradient_accumulation_steps": "ACCELERATE_GRADIENT_ACCUMULATION_STEPS",
+             "gradient_clipping": "ACCELERATE_GRADIENT_CLIPPING"}
+    return {key: (None if env.get(var, "none").lower() in ("none", "") else env[var])
+            for key, var in names.items()}
 
 
 def launched_world_size() -> int:
@@ -32,17 +46,20 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def make_accelerator(mixed_precision: str = "no", bucket_mb: float = 25.0) -> Accelerator:
+def make_accelerator(mixed_precision: str = "no", bucket_mb: float = 25.0,
+                     deepspeed: bool = False) -> Accelerator:
     """An Accelerator that really is the process group the launcher started.
 
     On a machine without CUDA a plain ``Accelerator()`` under torchrun reports one process in
     every rank: N silent, independent jobs (FIELD-NOTES). ``cpu=True`` gives a real gloo group.
     We check the result against WORLD_SIZE, so the trap cannot come back unnoticed.
+
+    ``deepspeed``: for train.backend=deepspeed, whose engines (``training.zero``) do the
+    precision and the gradient reduction; the Accelerator only forms the group and keeps the
+    books (rank, device, barriers, reductions), without autocast.
     """
-    # Checked before the Accelerator exists: with cpu=True Accelerate drops DeepSpeed silently
-    # and would run DDP under a DeepSpeed config.
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        raise RuntimeError(DEEPSPEED_REFUSED)
+    if deepspeed:
+        mixed_precision = "no"
     cpu = not torch.cuda.is_available()
     # broadcast_buffers=False: BatchNorm statistics of the generator stay per rank (as in a
     # DCGAN on one GPU with the local batch); SyncBatchNorm is the option for shared statistics.
@@ -51,7 +68,15 @@ def make_accelerator(mixed_precision: str = "no", bucket_mb: float = 25.0) -> Ac
     # first gradient is the scale itself; the default 2**16 exceeds fp16's max (65504) and
     # the first steps would always overflow. 2**10 leaves room and grows as usual.
     scaler = GradScalerKwargs(init_scale=2.0**10)
-    acc = Accelerator(cpu=cpu, mixed_precision=mixed_precision, kwargs_handlers=[ddp, scaler])
+    # An Accelerate DeepSpeed launch sets ACCELERATE_USE_DEEPSPEED; hidden while the Accelerator
+    # is built, so that it forms the plain group: its DeepSpeed plugin needs `transformers` and
+    # on a CPU forms no DeepSpeed group (docs/deepspeed.md). training.zero builds the engines.
+    launched = os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
+    try:
+        acc = Accelerator(cpu=cpu, mixed_precision=mixed_precision, kwargs_handlers=[ddp, scaler])
+    finally:
+        if launched is not None:
+            os.environ["ACCELERATE_USE_DEEPSPEED"] = launched
     expected = launched_world_size()
     if acc.num_processes != expected:
         raise RuntimeError(
@@ -59,12 +84,24 @@ def make_accelerator(mixed_precision: str = "no", bucket_mb: float = 25.0) -> Ac
             f"{acc.num_processes}: refusing to run {expected} independent single-process jobs"
         )
     if acc.distributed_type == DistributedType.DEEPSPEED:
-        raise RuntimeError(DEEPSPEED_REFUSED)
+        raise RuntimeError(DEEPSPEED_ACCELERATE)
     if mixed_precision == "fp16" and acc.scaler is None:
         # Accelerate builds fp16 autocast and a GradScaler only off-CPU; on a CPU it runs fp32.
         main_print(acc, f"note: train.mixed_precision=fp16 on {acc.device.type}: Accelerate "
                         f"enables fp16 only on GPUs, so this run computes in fp32 (bf16 works on CPU)")
     return acc
+
+
+def bucket_mb_for(grad_comm: str, bucket_mb: float) -> float:
+    """DDP's bucket size for ``train.grad_comm``. PowerSGD on gloo (no CUDA) gets one bucket
+    for everything: its hook chains a second all-reduce in a callback of the first, and gloo
+    runs callbacks on its own thread, so with several buckets that all-reduce and the next
+    bucket's are issued in a different order on different ranks (a collective mismatch,
+    reproduced with celeba128 on 2 CPU processes). NCCL completes the first future when it is
+    enqueued, so the callbacks run in program order there and the bucket size is kept."""
+    if grad_comm == "powersgd" and not torch.cuda.is_available():
+        return max(bucket_mb, 1024.0)
+    return bucket_mb
 
 
 def usable_cores() -> int:
@@ -93,13 +130,28 @@ def choose_threads(requested: int, loader_workers: int) -> tuple[int, str]:
     return n, f"{cores} cores / {local} process(es) - {loader_workers} loader worker(s)"
 
 
+_OWN_GROUP = False
+
+
 def single_process_group() -> None:
     """A gloo group of one process (an in-memory store, no port), for code that needs DDP
-    and its communication hooks without a launcher: the toy benchmark's ``grad_comm``."""
+    and its communication hooks without a launcher: the toy benchmark's ``grad_comm``.
+    ``release_single_process_group`` destroys it again (and only a group made here)."""
+    global _OWN_GROUP
     import torch.distributed as dist
 
     if not dist.is_initialized():
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        _OWN_GROUP = True
+
+
+def release_single_process_group() -> None:
+    global _OWN_GROUP
+    import torch.distributed as dist
+
+    if _OWN_GROUP and dist.is_initialized():
+        dist.destroy_process_group()
+    _OWN_GROUP = False
 
 
 def seed_for(root: int, *parts: Any) -> int:

@@ -40,18 +40,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start over in a run dir that already has checkpoints")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--debug", action="store_true", help="print the traceback of an error too")
+    # The `deepspeed` launcher passes --local_rank=N besides LOCAL_RANK, which is what is read.
+    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `--resume train.steps=600`: that is an override, not a checkpoint; it stays in its place
+    # among the overrides (the last one given wins).
+    for i, arg in enumerate(argv[:-1]):
+        nxt = argv[i + 1]
+        if arg == "--resume" and "=" in nxt and not nxt.startswith("-") and not os.path.exists(nxt):
+            argv[i] = "--resume=latest"
     # Intermixed: overrides may come before and after the flags (`--overwrite a.b=1 c.d=2`).
-    args = p.parse_intermixed_args(argv)
-    # `--resume train.steps=600`: the optional value took an override; give it back.
-    if args.resume is not None and "=" in args.resume and not os.path.exists(args.resume):
-        args.overrides = [args.resume] + list(args.overrides)
-        args.resume = "latest"
-    return args
+    return p.parse_intermixed_args(argv)
 
 
 def explicit_overrides(args: argparse.Namespace) -> list[str]:

@@ -131,6 +131,16 @@ class TrainConfig:
     micro_batch: int = 0
     """Split each process's batch into micro-batches of this size, accumulating gradients
     (the same step as the whole batch, in less memory); 0: no split."""
+    backend: str = "ddp"
+    """ddp, or deepspeed (ZeRO-1/2, one DeepSpeed engine per network; docs/deepspeed.md). An
+    `accelerate launch` with a DeepSpeed Accelerate config selects deepspeed."""
+    zero_stage: int = 0
+    """ZeRO stage under train.backend=deepspeed: 1 (Adam state partitioned over the processes)
+    or 2 (gradients too); 3 is refused. 0: the Accelerate config's, else the DeepSpeed
+    config file's, else 2."""
+    deepspeed_config: str = ""
+    """A DeepSpeed JSON or YAML config for train.backend=deepspeed (bf16 / fp16, bucket sizes,
+    ...); the batch sizes, the ZeRO stage and Adam come from this config tree."""
     threads: int = 0
     """torch intra-op threads per process; 0: $OMP_NUM_THREADS if set, else this process's
     share of the cores minus its loader workers."""

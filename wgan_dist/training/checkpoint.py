@@ -163,6 +163,10 @@ def resume_message(state: dict[str, Any], old: Any, cfg: Any, world: int, batch:
         msg += (f"; processes {state['world_size']} -> {world}: global batch stays "
                 f"{cfg.train.batch_size}, per-process batch is now {batch}; "
                 f"the data order differs from an uninterrupted run")
+    before, now = (f"{c.train.backend}" + (f" ZeRO-{c.train.zero_stage}" if c.train.backend ==
+                                            "deepspeed" else "") for c in (old, cfg))
+    if before != now:  # the optimizer state is torch Adam's whole layout under every backend
+        msg += f"; backend {before} -> {now}"
     if old.train.batch_size != cfg.train.batch_size:
         msg += f"; global batch changed {old.train.batch_size} -> {cfg.train.batch_size}"
     return msg

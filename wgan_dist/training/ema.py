@@ -18,7 +18,9 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module, beta: float) -> None:
         """ema <- beta * ema + (1 - beta) * model, in one multi-tensor kernel."""
-        foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()],
+        # .to: a no-op for fp32 weights; DeepSpeed bf16/fp16 weights are averaged in fp32.
+        targets = list(self.model.parameters())
+        foreach_lerp_(targets, [p.detach().to(t.dtype) for p, t in zip(model.parameters(), targets)],
                       1.0 - beta)
         for b_ema, b in zip(self.model.buffers(), model.buffers()):
             b_ema.copy_(b)

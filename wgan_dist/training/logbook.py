@@ -140,6 +140,9 @@ def plan_text(t: Any, remaining: int) -> str:
     micro = (f", micro-batches of {cfg.train.micro_batch}"
              if 0 < cfg.train.micro_batch < t.batch else "")
     comm = f", gradients all-reduced as {cfg.train.grad_comm}" if t.world > 1 else ""
+    if cfg.train.backend == "deepspeed":
+        from .zero import describe
+        comm = describe(cfg, t.world)
     return "\n".join([
         f"run dir        {t.run_dir.resolve()}",
         f"data           {cfg.data.shards} -> {len(shards.urls)} shard(s), "

@@ -197,7 +197,8 @@ class _Features(torch.nn.Module):
         self.critic = critic
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.critic.features(x)
+        # In the weights' dtype (16-bit under DeepSpeed bf16/fp16), features back in fp32.
+        return self.critic.features(x.to(next(self.critic.parameters()).dtype)).float()
 
 
 def evaluate_checkpoint(checkpoint: str, *, data: str | None = None, num: int = 5000,

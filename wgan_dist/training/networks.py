@@ -28,6 +28,7 @@ from .. import compat
 from ..config import Config
 from ..nets import build_models
 from ..ranks import main_print, seed_for
+from .checkpoint import load_module_state
 from .ema import EMA
 
 
@@ -43,6 +44,13 @@ class Network:
     """Forward for the other network's phase (no DDP reducer; use inside frozen_params)."""
     opt: Any
     """Its optimizer (Accelerate's wrapper around torch's Adam)."""
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint stores of it (``zero.ZeroNetwork``: gathered fp32 master weights)."""
+        return self.raw.state_dict()
+
+    def load_weights(self, state: dict[str, torch.Tensor], what: str, where: str) -> None:
+        load_module_state(self.raw, state, what, where)
 
     @contextmanager
     def frozen_params(self) -> Iterator[Callable]:

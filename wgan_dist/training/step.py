@@ -24,6 +24,11 @@ class StepRunner:
     def __init__(self, acc: Accelerator, fused_adam: bool) -> None:
         self.acc, self.fused_adam = acc, fused_adam
 
+    def loss_scale(self, opt: Any) -> torch.Tensor | float:
+        """The scale the penalty differentiates: the GradScaler's (fp16), else 1."""
+        scaler = self.acc.scaler
+        return compat.scaler_scale(scaler) if scaler is not None else 1.0
+
     def apply(self, loss: torch.Tensor, opt: Any, stats: dict) -> None:
         """Backward ``loss``, step ``opt`` unless something is non-finite, zero the gradients;
         ``stats["skipped_steps"]`` is 1 for a skipped step (a device tensor, not read here)."""

@@ -18,10 +18,9 @@ from ..config import Config, config_from_dict, dump_yaml, to_dict
 from ..data import pipeline
 from ..data.shardset import check_shape, resolve_shards
 from ..nets.augment import DiffAugment
-from ..compat import scaler_scale
 from ..objective import critic_phase, generator_phase
 from . import checkpoint as ckpt
-from . import comm
+from . import comm, zero
 from .draws import Draws
 from .ema import ema_beta
 from .instrument import Instruments
@@ -68,7 +67,10 @@ def _sl(t: torch.Tensor | None, sl: slice) -> torch.Tensor | None:
 class Trainer:
     def __init__(self, cfg: Config, resume: str | None = None, overwrite: bool = False) -> None:
         self.cfg = cfg
-        self.acc = ranks.make_accelerator(cfg.train.mixed_precision, cfg.train.bucket_mb)
+        notes = zero.resolve(cfg, ranks.launcher_deepspeed())  # a DeepSpeed launch: deepspeed
+        deepspeed = cfg.train.backend == "deepspeed"
+        self.acc = ranks.make_accelerator(cfg.train.mixed_precision, ranks.bucket_mb_for(
+            cfg.train.grad_comm, cfg.train.bucket_mb), deepspeed)
         self.device = self.acc.device
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.run_dir = cfg.run_dir
@@ -76,9 +78,12 @@ class Trainer:
         torch.set_num_threads(self.threads)
         self.runlog = RunLog(self.acc)  # console lines, kept for log.txt
         say = self.runlog.say
+        for note in notes:
+            say(note)
         self.resume_from = ckpt.select_resume(self.run_dir, resume, overwrite, log=say)
         self._setup_data()
-        self.G, self.D, self.ema, self.fused_adam = build_networks(self.acc, cfg, say)
+        self.G, self.D, self.ema, self.fused_adam = (
+            zero.build_networks if deepspeed else build_networks)(self.acc, cfg, say)
         self.instruments = Instruments(self.rank)  # off unless a benchmark asks
         self.comm_states = [comm.register(net.eager, cfg.train.grad_comm, cfg.train.powersgd_rank,
                                           cfg.train.powersgd_start, self.instruments.on)
@@ -88,7 +93,7 @@ class Trainer:
         augment = DiffAugment(cfg.data.diffaug) if cfg.data.diffaug else None
         self.draws = Draws(cfg.train.seed, self.rank, self.device, self.batch,
                            cfg.model.latent_dim, self.num_classes, augment, cfg.data.resolution)
-        self.steps = StepRunner(self.acc, self.fused_adam)
+        self.steps = zero.ZeroSteps(self.acc) if deepspeed else StepRunner(self.acc, self.fused_adam)
         self.step, self.nimg, self.stopped = 0, 0, False
         if self.resume_from is not None:
             self._load(self.resume_from)
@@ -145,7 +150,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         scaler = self.acc.scaler
         return {
-            "G": self.G.raw.state_dict(), "D": self.D.raw.state_dict(),
+            "G": self.G.weights(), "D": self.D.weights(),
             "G_ema": self.ema.model.state_dict(),
             "opt_G": self.G.opt.state_dict(), "opt_D": self.D.opt.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else {},
@@ -157,8 +162,8 @@ class Trainer:
     def _load(self, path: Path) -> None:
         state = ckpt.load_checkpoint(path, map_location="cpu")
         where = state["path"]
-        ckpt.load_module_state(self.G.raw, state["G"], "generator", where)
-        ckpt.load_module_state(self.D.raw, state["D"], "critic", where)
+        self.G.load_weights(state["G"], "generator", where)
+        self.D.load_weights(state["D"], "critic", where)
         ckpt.load_module_state(self.ema.model, state["G_ema"], "generator EMA", where)
         load_optimizer_state(self.G.opt, state["opt_G"])
         load_optimizer_state(self.D.opt, state["opt_D"])
@@ -170,8 +175,9 @@ class Trainer:
                                             self.cfg, self.world, self.batch))
 
     def save(self) -> Path | None:
+        state = self.state_dict()  # on every rank: under DeepSpeed it gathers the partitions
         return ranks.main_then_all(self.acc, lambda: ckpt.save_checkpoint(
-            self.state_dict(), self.run_dir, self.step, self.cfg.log.keep_checkpoints))
+            state, self.run_dir, self.step, self.cfg.log.keep_checkpoints))
 
     # ------------------------------------------------------------------ phases
     def critic_step(self, real: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor,
@@ -179,7 +185,7 @@ class Trainer:
                     augment=None) -> dict:
         if self.cfg.train.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
-        scale = scaler_scale(self.acc.scaler) if self.acc.scaler is not None else 1.0
+        scale = self.steps.loss_scale(self.D.opt)
 
         def compute(sl: slice) -> tuple[torch.Tensor, dict]:
             yr, yf = _sl(y_real, sl), _sl(y_fake, sl)

@@ -1,0 +1,414 @@
+"""DeepSpeed ZeRO-1/2 (``train.backend=deepspeed``): the same objective and loop as DDP, other
+step mechanics.
+
+One DeepSpeed engine per network, each around the torch Adam the DDP path builds. What
+differs from DDP, and why:
+
+- **Forwards.** A ZeRO engine's forward hooks its output so that any backward through it runs
+  ZeRO's gradient epilogue; the penalty's ``autograd.grad(create_graph=True)`` w.r.t. the
+  *input* fills no parameter gradient and that epilogue fails (IndexError, docs/deepspeed.md).
+  So the penalty's forward (``eager``) and the generator phase's critic forward (``frozen``,
+  critic parameters frozen) go through ``engine.module``; only each network's own loss goes
+  through its engine (``fwd``). Autograd sums every path into a parameter's gradient before
+  its accumulation hook fires, so ZeRO still sees each gradient once.
+- **Backward and step.** ``engine.backward`` / ``engine.step``: gradients are averaged over
+  ranks (reduce-scatter under ZeRO-2), each rank updates its partition of the fp32 master
+  weights and Adam state, and the updated weights are all-gathered.
+- **Non-finite steps.** DeepSpeed skips a step whose global gradient norm (fp32) or
+  gradients (bf16, fp16) are non-finite -- an all-reduced decision, the same on every rank.
+  A non-finite *loss* on any rank is made every rank's: the loss is divided by
+  (1 - any-rank-non-finite), i.e. by 1.0 (exact) or by 0, whose infinite gradients make
+  DeepSpeed skip (and, under fp16, back the loss scale off, as the DDP path does).
+- **Precision.** bf16 / fp16 as DeepSpeed does them (16-bit weights, fp32 master weights in
+  the optimizer), from the DeepSpeed config or ``train.mixed_precision``. Floating inputs are
+  cast to the weights' dtype by a forward pre-hook; the penalty differentiates w.r.t. the
+  fp32 interpolates, so its norm is taken in fp32 (the penalty recipe).
+- **Checkpoints.** The whole model's fp32 master weights and Adam state are gathered from
+  the partitions into torch Adam's own layout (``ZeroOptimizer``): the project's single-file
+  checkpoint, the same as a DDP run's, so a DeepSpeed run resumes under DDP and back, on any
+  number of processes. Gathering is a collective: every rank calls ``state_dict``.
+
+Private DeepSpeed attributes are read in one place, ``_pieces`` and ``ZeroOptimizer``'s
+constructor (deepspeed 0.19.8); tests/test_deepspeed.py exercises them for real.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..config import Config, ConfigError
+from ..config.validate import check_deepspeed
+from ..nets import build_models
+from ..ranks import seed_for
+from .checkpoint import load_module_state
+from .ema import EMA
+from .networks import Network, _adam, fused_adam_available
+
+OFFLOAD_REFUSED = (
+    "DeepSpeed CPU/NVMe offload is not supported: it is not proven equal to the DDP path here "
+    "(on a CPU-only machine there is nothing to offload to, and no GPU was available to test "
+    "it); remove offload_optimizer / offload_param (docs/deepspeed.md)")
+WHAT = {1: "optimizer state partitioned", 2: "optimizer state and gradients partitioned"}
+
+
+# ------------------------------------------------------------------ settings
+def read_config_file(path: str) -> dict:
+    """A DeepSpeed config from a JSON or YAML file, as a dict (one-line error otherwise)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"train.deepspeed_config={path!r}: no such file")
+    try:
+        text = p.read_text()
+        values = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: not a DeepSpeed JSON/YAML config ({str(e).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a DeepSpeed config must be a mapping, got {type(values).__name__}")
+    return values
+
+
+def _enabled(section: Any) -> bool:
+    return isinstance(section, dict) and str(section.get("enabled", False)).lower() == "true"
+
+
+def _check_file(ds: dict, where: str) -> None:
+    """Refuse what the trainer owns or cannot prove equal to DDP, one line each."""
+    zero = ds.get("zero_optimization") or {}
+    for key in ("offload_optimizer", "offload_param"):
+        if str((zero.get(key) or {}).get("device", "none")).lower() not in ("none", ""):
+            raise ConfigError(f"{where}: zero_optimization.{key}: {OFFLOAD_REFUSED}")
+    for key in ("optimizer", "scheduler"):
+        if key in ds:
+            raise ConfigError(f"{where}: remove the {key!r} section: the trainer builds torch Adam "
+                              f"from optim.lr_g, optim.lr_d, optim.beta1, optim.beta2, as under DDP")
+    if float(ds.get("gradient_clipping", 0) or 0) > 0:
+        raise ConfigError(f"{where}: gradient_clipping: the DDP path does not clip, so a clipped "
+                          f"step would be another objective; remove it")
+    if int(ds.get("gradient_accumulation_steps", 1) if ds.get("gradient_accumulation_steps")
+           not in (None, "auto") else 1) != 1:
+        raise ConfigError(f"{where}: gradient_accumulation_steps must be 1 under train.backend="
+                          f"deepspeed (one optimizer step per phase)")
+    for key in ("torch_autocast", "amp"):
+        if _enabled(ds.get(key)):
+            raise ConfigError(f"{where}: {key}: not supported; use bf16.enabled or fp16.enabled "
+                              f"(or train.mixed_precision)")
+    if _enabled(ds.get("bf16")) and _enabled(ds.get("fp16")):
+        raise ConfigError(f"{where}: bf16 and fp16 are both enabled; choose one")
+    if str((ds.get("bf16") or {}).get("check_grad_overflow", True)).lower() == "false" or \
+            str(zero.get("compute_grad_norm", True)).lower() == "false":
+        raise ConfigError(f"{where}: check_grad_overflow / compute_grad_norm false: DeepSpeed would "
+                          f"then apply non-finite steps, which every backend skips")
+
+
+def _check_launcher(launcher: dict) -> None:
+    where = "the Accelerate DeepSpeed config"
+    for key in ("offload_optimizer_device", "offload_param_device"):
+        if launcher.get(key):
+            raise ConfigError(f"{where}: {key}={launcher[key]}: {OFFLOAD_REFUSED}")
+    if launcher.get("gradient_accumulation_steps") not in (None, "1"):
+        raise ConfigError(f"{where}: gradient_accumulation_steps="
+                          f"{launcher['gradient_accumulation_steps']}: must be 1 (one optimizer "
+                          f"step per phase)")
+    if launcher.get("gradient_clipping") not in (None, "0", "0.0"):
+        raise ConfigError(f"{where}: gradient_clipping={launcher['gradient_clipping']}: the DDP "
+                          f"path does not clip, so a clipped step would be another objective")
+
+
+def resolve(cfg: Config, launcher: dict | None) -> list[str]:
+    """Route and settle the DeepSpeed settings in ``cfg`` (in place), before anything is built;
+    the notes to print. ``launcher`` (``ranks.launcher_deepspeed()``): what an `accelerate
+    launch` with a DeepSpeed config passed; it routes the run to this backend. ZeRO stage:
+    the launcher's, else train.zero_stage, else the DeepSpeed config file's, else 2."""
+    t, notes = cfg.train, []
+    if launcher is not None:
+        _check_launcher(launcher)
+        if t.backend != "deepspeed":
+            notes.append(f"note: an Accelerate DeepSpeed launch: train.backend {t.backend} -> deepspeed")
+        t.backend = "deepspeed"
+        if launcher.get("config_file"):
+            t.deepspeed_config = launcher["config_file"]
+    if t.backend != "deepspeed":
+        return notes
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("train.backend=deepspeed needs the deepspeed package: "
+                          "pip install -c constraints.txt -e \".[deepspeed]\"")
+    ds = read_config_file(t.deepspeed_config) if t.deepspeed_config else {}
+    where = t.deepspeed_config or "the DeepSpeed config"
+    _check_file(ds, where)
+    file_stage = (ds.get("zero_optimization") or {}).get("stage")
+    chosen = [(v, k) for v, k in (((launcher or {}).get("zero_stage"), "the Accelerate config"),
+              (t.zero_stage or None, "train.zero_stage"), (file_stage, where)) if v is not None]
+    stage, source = (int(chosen[0][0]), chosen[0][1]) if chosen else (2, "the default")
+    notes += [f"note: ZeRO stage {stage} from {source} (not {int(v)} from {k})"
+              for v, k in chosen[1:] if int(v) != stage]
+    if stage not in (1, 2, 3):
+        raise ConfigError(f"ZeRO stage {stage} (from {source}): choose 1 or 2 under "
+                          f"train.backend=deepspeed (without ZeRO, use train.backend=ddp)")
+    t.zero_stage = stage
+    precision = "bf16" if _enabled(ds.get("bf16")) else "fp16" if _enabled(ds.get("fp16")) else "no"
+    if precision != "no" and t.mixed_precision not in ("no", precision):
+        raise ConfigError(f"train.mixed_precision={t.mixed_precision} but {where} enables "
+                          f"{precision}; make them agree")
+    t.mixed_precision = precision if precision != "no" else t.mixed_precision
+    if t.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("fp16 under train.backend=deepspeed needs a GPU: DeepSpeed's CPU "
+                          "accelerator has no fp16 (\"Type fp16 is not supported on your "
+                          "device\"); use bf16 here")
+    check_deepspeed(cfg)
+    return notes
+
+
+def engine_config(cfg: Config, world: int) -> dict:
+    """The DeepSpeed config of both engines: the file's, with the batch sizes, ZeRO stage and
+    precision of this run (a file that disagrees about the batch is refused)."""
+    t = cfg.train
+    ds = copy.deepcopy(read_config_file(t.deepspeed_config)) if t.deepspeed_config else {}
+    ours = {"train_batch_size": t.batch_size, "train_micro_batch_size_per_gpu": t.batch_size // world,
+            "gradient_accumulation_steps": 1}
+    for key, value in ours.items():
+        if ds.get(key) not in (None, "auto", value):
+            raise ConfigError(f"{t.deepspeed_config}: {key}={ds[key]} but this run has {value} "
+                              f"(train.batch_size={t.batch_size} over {world} processes); remove it")
+        ds[key] = value
+    ds["zero_optimization"] = {**(ds.get("zero_optimization") or {}), "stage": t.zero_stage}
+    ds["bf16"] = {**(ds.get("bf16") or {}), "enabled": t.mixed_precision == "bf16"}
+    ds["fp16"] = {**(ds.get("fp16") or {}), "enabled": t.mixed_precision == "fp16"}
+    if t.mixed_precision != "no":
+        # Buffers in the weights' 16-bit type too (DeepSpeed keeps them fp32 by default): batch
+        # norm refuses a 16-bit weight beside fp32 running statistics ("expected scalar type
+        # BFloat16 but found Float"). The EMA generator and the checkpoints hold them in fp32.
+        ds["data_types"] = {"buffer_dtype": t.mixed_precision, **(ds.get("data_types") or {})}
+    if t.mixed_precision == "fp16":
+        # The DDP path's initial 2**10 (ranks.make_accelerator says why not 2**16).
+        ds["fp16"].setdefault("initial_scale_power", 10)
+    # DeepSpeed's default gradient_clipping is 1.0 (deepspeed/runtime/constants.py, 0.19.8): it
+    # would rescale every critic gradient to norm 1, another objective. A file's > 0 is refused.
+    ds["gradient_clipping"] = 0.0
+    ds.setdefault("steps_per_print", 2**31 - 1)  # DeepSpeed's own progress lines: off
+    return ds
+
+
+# ------------------------------------------------------------------ the partition shim
+def _pieces(zero: Any, group: int) -> list[tuple[torch.nn.Parameter, Any]]:
+    """(parameter, its mapping) of group ``group``, in order; the mapping (or None) says which
+    piece of the parameter (``lp_fragment_address``) sits where in this rank's flat fp32
+    partition (``hp_fragment_address``). Private DeepSpeed API (0.19.8): ``bit16_groups``,
+    ``_hp_mapping``."""
+    return [(p, getattr(p, "_hp_mapping", None)) for p in zero.bit16_groups[group]]
+
+
+def _gather(zero: Any, group: int, flat: torch.Tensor) -> list[torch.Tensor]:
+    """The whole of every parameter of ``group`` from each rank's partition ``flat`` (fp32
+    master weights or an Adam moment): one all-reduce of a zero-filled buffer in which each
+    rank wrote its own pieces (every element has one owner, so the sum is exact)."""
+    import torch.distributed as dist
+
+    pieces = _pieces(zero, group)
+    full = torch.zeros(sum(p.numel() for p, _ in pieces), dtype=torch.float32, device=flat.device)
+    offset = 0
+    for p, m in pieces:
+        if m is not None:
+            lp, hp = m.lp_fragment_address, m.hp_fragment_address
+            full[offset + lp.start: offset + lp.start + lp.numel] = flat[hp.start: hp.start + hp.numel]
+        offset += p.numel()
+    dist.all_reduce(full, group=zero.real_dp_process_group[group])
+    return [t.view(p.shape) for t, (p, _) in zip(full.split([p.numel() for p, _ in pieces]), pieces)]
+
+
+def _scatter(zero: Any, group: int, values: list[torch.Tensor], flat: torch.Tensor) -> None:
+    """Write this rank's pieces of whole parameters ``values`` into its partition ``flat``."""
+    for (p, m), v in zip(_pieces(zero, group), values):
+        if m is not None:
+            lp, hp = m.lp_fragment_address, m.hp_fragment_address
+            src = v.reshape(-1)[lp.start: lp.start + lp.numel]
+            flat[hp.start: hp.start + hp.numel].copy_(src)
+
+
+class ZeroOptimizer:
+    """A ZeRO engine's optimizer seen as the torch Adam of the DDP path: ``param_groups``, and
+    ``state_dict`` / ``load_state_dict`` in torch Adam's layout for the whole network (indices
+    over ``module.parameters()``). Both are collectives or partition writes: call them on
+    every rank. The fp16 loss scaler travels as an extra key (torch's Adam ignores it)."""
+
+    def __init__(self, engine: Any, module: torch.nn.Module) -> None:
+        self.engine, self.zero = engine, engine.optimizer
+        self.inner = self.zero.optimizer  # the torch Adam, over one flat partition per group
+        self.flats = self.zero.single_partition_of_fp32_groups  # private (0.19.8)
+        if len(self.flats) != 1 or [id(p) for p, _ in _pieces(self.zero, 0)] != \
+                [id(p) for p in module.parameters()]:
+            raise RuntimeError("DeepSpeed regrouped the parameters; cannot map its optimizer state")
+        self.count = len(list(module.parameters()))
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.inner.param_groups
+
+    def master_weights(self) -> list[torch.Tensor]:
+        return _gather(self.zero, 0, self.flats[0])
+
+    def set_master_weights(self, values: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            _scatter(self.zero, 0, values, self.flats[0])
+
+    def state_dict(self) -> dict:
+        flat = self.flats[0]
+        inner = self.inner.state.get(flat, {})
+        group = {k: v for k, v in self.inner.param_groups[0].items() if k != "params"}
+        out: dict = {"state": {i: {} for i in range(self.count)} if inner else {},
+                     "param_groups": [{**group, "params": list(range(self.count))}]}
+        for key, value in inner.items():
+            whole = (_gather(self.zero, 0, value) if torch.is_tensor(value) and value.shape == flat.shape
+                     else [value.clone() if torch.is_tensor(value) else value] * self.count)
+            for i, v in enumerate(whole):
+                out["state"][i][key] = v
+        scaler = getattr(self.zero, "loss_scaler", None)
+        if getattr(scaler, "dynamic", False):
+            out["loss_scaler"] = {k: getattr(scaler, k) for k in
+                                  ("cur_scale", "cur_iter", "last_overflow_iter", "cur_hysteresis")}
+        return out
+
+    def load_state_dict(self, saved: dict) -> None:
+        flat, state = self.flats[0], saved["state"]
+        group = {**saved["param_groups"][0], "params": [0]}
+        packed: dict = {}
+        if state:
+            if sorted(state) != list(range(self.count)):
+                raise ValueError(f"optimizer state for {len(state)} parameters, the network has {self.count}")
+            for key, value in state[0].items():
+                if torch.is_tensor(value) and value.dim() > 0:  # a moment, per parameter
+                    part = torch.zeros_like(flat)
+                    _scatter(self.zero, 0, [state[i][key].to(flat) for i in range(self.count)], part)
+                    packed[key] = part
+                else:
+                    packed[key] = value
+        # torch's own loader: it puts step counters where this Adam kind wants them.
+        self.inner.load_state_dict({"state": {0: packed} if packed else {}, "param_groups": [group]})
+        scaler = getattr(self.zero, "loss_scaler", None)
+        for k, v in (saved.get("loss_scaler") or {}).items():
+            if getattr(scaler, "dynamic", False):
+                setattr(scaler, k, v)
+
+
+@dataclass
+class ZeroNetwork(Network):
+    """A ``Network`` whose parameters and optimizer live in a DeepSpeed engine."""
+    engine: Any = None
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The fp32 master weights (gathered; every rank calls it) and the buffers, in fp32."""
+        state = {k: v.float() if v.is_floating_point() else v for k, v in self.raw.state_dict().items()}
+        names = [n for n, _ in self.raw.named_parameters()]
+        state.update(zip(names, self.opt.master_weights()))
+        return state
+
+    def load_weights(self, state: dict[str, torch.Tensor], what: str, where: str) -> None:
+        load_module_state(self.raw, state, what, where)
+        self.opt.set_master_weights([state[n] for n, _ in self.raw.named_parameters()])
+
+
+def _cast_inputs(dtype: torch.dtype) -> Callable:
+    def hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        def cast(v: Any) -> Any:
+            return v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v
+        return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+    return hook
+
+
+def _float_outputs(module: Any, args: tuple, output: Any) -> Any:
+    """16-bit outputs back to fp32, as autocast's do for the loss: the losses, the penalty's
+    interpolates between fakes and fp32 reals, and its norm are computed in fp32."""
+    if isinstance(output, tuple):
+        return tuple(o.float() if torch.is_tensor(o) and o.is_floating_point() else o for o in output)
+    return output.float() if torch.is_tensor(output) and output.is_floating_point() else output
+
+
+def _engine(module: torch.nn.Module, opt: torch.optim.Optimizer, conf: dict) -> Any:
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=opt, config=copy.deepcopy(conf))
+    dtype = next(engine.module.parameters()).dtype
+    if dtype != torch.float32:  # every caller (engine, penalty, diagnostics) alike
+        engine.module.register_forward_pre_hook(_cast_inputs(dtype), with_kwargs=True)
+        engine.module.register_forward_hook(_float_outputs)
+    return engine
+
+
+def _one_process_without_launcher() -> None:
+    """`python -m wgan_dist.train train.backend=deepspeed` with no launcher: DeepSpeed would
+    ask MPI (mpi4py) for the rank; it gets the environment of a 1-process group instead."""
+    import os
+    import socket
+
+    import torch.distributed as dist
+
+    if dist.is_initialized() or "WORLD_SIZE" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+
+
+def build_networks(acc: Any, cfg: Config,
+                   say: Callable[[str], None] | None = None) -> tuple[Network, Network, EMA, bool]:
+    """(generator, critic, generator EMA, False): ``networks.build_networks`` for DeepSpeed,
+    the same initialisation and Adam, one ZeRO engine per network."""
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # its INFO lines, per rank
+    _one_process_without_launcher()
+    torch.manual_seed(seed_for(cfg.train.seed, "init"))
+    g, d = build_models(cfg.model, cfg.data.resolution, cfg.data.channels)
+    if cfg.train.channels_last:
+        g, d = g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last)
+    ema = EMA(g)
+    ema.model.to(acc.device)
+    fused = cfg.train.fused_adam and fused_adam_available(acc.device)
+    conf = engine_config(cfg, acc.num_processes)
+    nets = []
+    for module, lr in ((g, cfg.optim.lr_g), (d, cfg.optim.lr_d)):
+        engine = _engine(module.to(acc.device), _adam(module, lr, cfg, fused), conf)
+        raw = engine.module
+        nets.append(ZeroNetwork(raw, engine, raw, raw, ZeroOptimizer(engine, raw), engine))
+    return nets[0], nets[1], ema, False
+
+
+class ZeroSteps:
+    """``step.StepRunner`` for DeepSpeed engines: the same interface the trainer calls."""
+
+    def __init__(self, acc: Any) -> None:
+        self.acc = acc
+
+    def loss_scale(self, opt: ZeroOptimizer) -> float:
+        """The scale the penalty differentiates (fp16's dynamic loss scale, else 1)."""
+        return float(opt.zero.loss_scale) if opt.engine.fp16_enabled() else 1.0
+
+    def accumulate(self, module: Any, opt: ZeroOptimizer, batch: int, micro: int,
+                   compute: Callable[[slice], tuple[torch.Tensor, dict]]) -> dict:
+        """One step of the whole local batch (train.micro_batch is refused under DeepSpeed)."""
+        loss, stats = compute(slice(None))
+        bad = (~torch.isfinite(loss.detach())).float()
+        if self.acc.num_processes > 1:
+            bad = self.acc.reduce(bad, reduction="sum").clamp_(max=1.0)
+        engine = opt.engine
+        engine.backward(loss / (1.0 - bad))  # / 1.0 is exact; / 0 makes DeepSpeed skip everywhere
+        engine.step()
+        stats["skipped_steps"] = torch.tensor(0.0 if engine.was_step_applied() else 1.0,
+                                              device=loss.device)
+        return stats
+
+
+def describe(cfg: Config, world: int) -> str:
+    """The start-up line's words for this backend."""
+    stage = cfg.train.zero_stage
+    return f", DeepSpeed ZeRO-{stage} ({WHAT.get(stage, '?')} over {world} process(es))"
+
