@@ -136,3 +136,25 @@ def load_ranks(out: Path, world: int) -> list[dict]:
     for r, rec in enumerate(recs):
         assert (rec["rank"], rec["world"]) == (r, world), "not the process group launched"
     return recs
+
+
+def assert_overflow_skipped_everywhere(a: dict, b: dict) -> None:
+    """The ``overflow`` scenario of _ddp_worker.py, ranks ``a`` and ``b`` (the poisoned last):
+    a non-finite loss or gradient on one rank skips that step on every rank (nothing moves,
+    everything stays finite, the ranks agree), and the next step trains."""
+    kinds = [(e["phase"], e["kind"]) for e in a["events"]]
+    assert kinds == [("critic", "loss"), ("critic", "ok"), ("critic", "grad"), ("critic", "ok"),
+                     ("generator", "grad"), ("generator", "ok")]
+    for ea, eb in zip(a["events"], b["events"]):
+        part = "D" if ea["phase"] == "critic" else "G"
+        expect_skip = ea["kind"] != "ok"
+        for e in (ea, eb):
+            assert e["skipped"] == float(expect_skip), (e["phase"], e["kind"])
+            moved = not torch.equal(e["after"][part], e["before"][part])
+            assert moved != expect_skip, (e["phase"], e["kind"])
+            assert torch.isfinite(e["after"][part]).all() and torch.isfinite(e["after"]["G"]).all()
+        assert torch.equal(ea["after"]["D"], eb["after"]["D"])
+        assert torch.equal(ea["after"]["G"], eb["after"]["G"])
+    # The poisoned loss was on the last rank only: rank 0 saw a finite loss and still skipped.
+    assert torch.isfinite(torch.tensor(a["events"][0]["loss"]))
+    assert not torch.isfinite(torch.tensor(b["events"][0]["loss"]))

@@ -437,8 +437,12 @@ def test_evaluate_samples_keys_and_determinism(trained_clf):
     assert r1 == r2
     expected = {"fid", "kid_mean", "kid_std", "swd_L0", "swd_L1", "swd_avg", "cls_acc",
                 "cls_covered", "cls_real_classes", "cls_covered_frac", "cls_rkl", "cls_fid",
-                "div_ratio", "div_pixel_ratio"}
+                "cls_confident", "cls_confident_real", "div_ratio", "div_pixel_ratio"}
     assert set(r1) == expected and all(isinstance(v, float) for v in r1.values())
     assert r1["cls_acc"] > 0.9 and r1["cls_covered"] == K_TOY and 0.5 < r1["div_ratio"] < 2
+    # clean squares are confidently one class; uniform noise is not
+    assert r1["cls_confident"] > 0.9 and r1["cls_confident_real"] > 0.9
+    noise = torch.rand_like(fake) * 2 - 1
+    assert metrics.confident_fraction(trained_clf, noise) < r1["cls_confident"]
     minimal = metrics.evaluate_samples(fake, real, swd=False)
     assert set(minimal) == {"div_ratio", "div_pixel_ratio"}

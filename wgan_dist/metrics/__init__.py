@@ -16,6 +16,7 @@ from .classifier import (
     class_histogram_stats,
     classifier_fid,
     conditional_accuracy,
+    confident_fraction,
     get_or_train_classifier,
     load_shard_tensors,
     predict,
@@ -38,6 +39,7 @@ Tensor = torch.Tensor
 __all__ = [
     "CollapseAlarm", "DomainClassifier", "FeatureFID", "INCEPTION_ENV", "InceptionFeatures",
     "class_histogram_stats", "classifier_fid", "compute_fid_kid", "conditional_accuracy",
+    "confident_fraction",
     "diversity_stats", "evaluate_samples", "fid_from_features", "frechet_distance",
     "get_or_train_classifier", "grad_norms", "gradient_norm_maps", "load_shard_tensors",
     "log_gradient_visuals", "mean_pairwise_distance", "predict", "pyramid_resolutions",
@@ -57,6 +59,8 @@ def _classifier_metrics(
     hist = class_histogram_stats(classifier, fake, ref)
     out.update(cls_covered=float(hist["covered"]), cls_real_classes=float(hist["real_classes"]),
                cls_covered_frac=float(hist["covered_frac"]), cls_rkl=float(hist["rkl"]))
+    out["cls_confident"] = confident_fraction(classifier, fake)  # p >= 0.9 for one class
+    out["cls_confident_real"] = confident_fraction(classifier, real)
     if isinstance(classifier, DomainClassifier) and min(len(real), len(fake)) >= 2:
         out["cls_fid"] = classifier_fid(classifier, real, fake)
     return out

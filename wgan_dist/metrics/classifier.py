@@ -225,6 +225,22 @@ def predict(classifier: nn.Module, images: Tensor, batch_size: int = 256) -> Ten
         classifier.train(was_training)
 
 
+def confident_fraction(classifier: nn.Module, images: Tensor, threshold: float = 0.9,
+                       batch_size: int = 256) -> float:
+    """Fraction of ``images`` the classifier puts in one class with probability >= ``threshold``
+    ("recognisably one thing"); compare with the same figure on real images."""
+    device = next(classifier.parameters()).device
+    was_training = classifier.training
+    classifier.eval()
+    try:
+        with torch.no_grad():
+            top = torch.cat([classifier(images[i:i + batch_size].to(device)).softmax(1).amax(1).cpu()
+                             for i in range(0, images.shape[0], batch_size)])
+    finally:
+        classifier.train(was_training)
+    return float((top >= threshold).float().mean())
+
+
 def conditional_accuracy(classifier: nn.Module, images: Tensor, requested_labels: Tensor) -> float:
     """Fraction of conditional samples the classifier assigns to the class they were asked for."""
     pred = predict(classifier, images)
