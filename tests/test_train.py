@@ -147,6 +147,21 @@ def test_seed_style_flags_and_dry_run():
     cfg = yaml.safe_load(r.stdout)
     assert cfg["data"]["shards"] == "images/" and cfg["data"]["resolution"] == 128
     assert cfg["model"]["latent_dim"] == 100 and cfg["train"]["batch_size"] == 128
+    # given data, the schema's defaults (the WGAN-GP paper's recipe), not configs/default.yaml
+    assert not cfg["model"]["conditional"] and cfg["optim"]["n_critic"] == 5
+
+
+def test_no_preset_and_no_data_runs_the_builtin_default_recipe():
+    import yaml
+
+    r = _cli(["--dry-run"])
+    assert r.returncode == 0, r.stderr
+    cfg = yaml.safe_load(r.stdout)
+    assert cfg["name"] == "default" and cfg["data"]["shards"] == "builtin"
+    assert (cfg["model"]["conditional"], cfg["model"]["cond"], cfg["optim"]["n_critic"],
+            cfg["train"]["steps"]) == (True, "both", 2, 3000)
+    r = _cli(["data.shards=builtin", "--dry-run"])
+    assert yaml.safe_load(r.stdout)["optim"]["n_critic"] == 5
 
 
 def test_ctrl_c_saves_then_resume_finishes(builtin_shards, tmp_path):

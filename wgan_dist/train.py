@@ -66,13 +66,20 @@ def explicit_overrides(args: argparse.Namespace) -> list[str]:
     return [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
 
 
+def default_preset(overrides: list[str]) -> str | None:
+    """configs/default.yaml, the built-in data's own recipe, for a run given neither a preset
+    nor data (the README's main command); any data source keeps the schema's defaults (the
+    WGAN-GP paper's recipe)."""
+    return None if any(o.startswith("data.shards=") for o in overrides) else "default"
+
+
 def build_config(args: argparse.Namespace, log=None):
     """The config to run: preset + overrides; with --resume, the run's own config from its
     checkpoint with the explicit overrides on top (``training.resume``)."""
     overrides = explicit_overrides(args)
-    cfg = load_config(args.config, overrides)
     if args.resume is None:
-        return cfg
+        return load_config(args.config or default_preset(overrides), overrides)
+    cfg = load_config(args.config, overrides)
     from .training.resume import config_for_resume
 
     preset = load_config(args.config, []) if args.config else None
