@@ -159,7 +159,7 @@ def test_no_preset_and_no_data_runs_the_builtin_default_recipe():
     cfg = yaml.safe_load(r.stdout)
     assert cfg["name"] == "default" and cfg["data"]["shards"] == "builtin"
     assert (cfg["model"]["conditional"], cfg["model"]["cond"], cfg["optim"]["n_critic"],
-            cfg["train"]["steps"]) == (True, "both", 2, 3000)
+            cfg["train"]["batch_size"], cfg["train"]["steps"]) == (True, "both", 2, 32, 2000)
     r = _cli(["data.shards=builtin", "--dry-run"])
     assert yaml.safe_load(r.stdout)["optim"]["n_critic"] == 5
 
