@@ -139,7 +139,7 @@ def test_evaluate_with_classifier_reports_progress(builtin_shards, tmp_path):
     run = tmp_path / "run"
     assert train(tiny_overrides(builtin_shards, run, **{"train.steps": 2})).returncode == 0
     r = cli("wgan_dist.evaluate", ["--checkpoint", str(run), "--num", "64", "--classifier",
-                                   "--classifier-steps", "300"],
+                                   "--classifier-steps", "40"],
             env={"WGAN_DIST_HEARTBEAT": "0.01", "WGAN_DIST_CACHE": str(tmp_path / "c")})
     assert r.returncode == 0, r.stderr
     assert "training a domain classifier" in r.stderr and "steps (" in r.stderr
