@@ -1,8 +1,9 @@
 """Quality on real QuickDraw drawings, beside the official WGAN-GP MNIST recipe.
 
-    python benchmarks/bench_quality.py            # 320 kimg a model; ~30 min on 2 cores
+    python benchmarks/bench_quality.py            # 320 kimg a model; ~70 min on 2 cores
     python benchmarks/bench_quality.py --quick    # 16 kimg a model; a few minutes
     python benchmarks/bench_quality.py --kimg 160 --width 32 --num 800
+    python benchmarks/bench_quality.py --models conditional --set optim.n_critic=5   # one row, a variant
 
 Data: ../shared/data/quickdraw (apple, bicycle, cat, fish; 3,000 real drawings each, the
 (N, 1, 784) layout as found). Each category is split in file order: drawings 0-1999 train the
@@ -10,9 +11,11 @@ GANs, 2000-2799 train the domain classifier, 2800-2999 are the test set every fi
 measured against. The GAN training files keep the shared files' layout and go through
 `python -m wgan_dist.shard`.
 
-Models (each to the same number of real images seen by the critic, one torch thread):
-1. ours, conditional: `--config quickdraw_cond` on the 4 classes (projection critic),
-   ``model.g_width/d_width`` = ``--width``; scored on requested-class accuracy.
+Models (each to the same number of real images seen by the critic, one torch thread; ours
+take their critic steps and batch from the preset, and ``--set`` adds overrides to try a recipe):
+1. ours, conditional: `--config quickdraw_cond` on the 4 classes (projection critic plus an
+   auxiliary classifier, 2 critic steps), ``model.g_width/d_width`` = ``--width``; scored on
+   requested-class accuracy.
 2. ours, unconditional bicycles: `--config quickdraw_bicycle` on the bicycle drawings.
 3. the reference: a plain re-implementation of the official recipe (Gulrajani et al. 2017,
    ``gan_mnist.py``): DIM 64, 5x5 convolutions (G: linear -> 4x4x4DIM, deconvs to 8x8 cropped
@@ -191,6 +194,11 @@ def main() -> int:
     ap.add_argument("--num", type=int, default=0, help="fakes scored (default: the test set's size)")
     ap.add_argument("--classifier-steps", type=int, default=2000)
     ap.add_argument("--work", type=Path, default=None, help="keep the runs here (default: a temp dir)")
+    ap.add_argument("--models", nargs="+", choices=("conditional", "bicycle", "reference"),
+                    default=["conditional", "bicycle", "reference"],
+                    help="which models to train (the reference's equal-CPU row needs 'bicycle')")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="extra config overrides for ours (a recipe under trial)")
     a = ap.parse_args()
     kimg = 16.0 if a.quick else a.kimg
     torch.set_num_threads(1)
@@ -224,14 +232,20 @@ def main() -> int:
     per_cls = [x_test[y_test == k][:8] for k in range(len(names))]
     grid(torch.cat(per_cls), out_dir / "real.png", 8)
 
+    from wgan_dist.config import load_config
+
     rows, models = {}, {}
     for name, preset, data, test, want_all in (
             ("ours conditional", "quickdraw_cond", shards["train"], x_test, None),
             ("ours bicycle", "quickdraw_bicycle", shards["train_bicycle"], bt, bike)):
-        steps = max(1, round(kimg * 1000 / (5 * 64)))
+        if name.split()[-1] not in a.models:
+            continue
+        recipe = [f"data.shards={data}", f"model.g_width={a.width}", f"model.d_width={a.width}", *a.set]
+        cfg = load_config(preset, recipe)
+        # Equal real images through the critic: the preset's own critic steps and batch.
+        steps = max(1, round(kimg * 1000 / (cfg.optim.n_critic * cfg.train.batch_size)))
         run = work / name.replace(" ", "_")
-        cpu = _run(["-m", "wgan_dist.train", "--config", preset, f"data.shards={data}",
-                    f"model.g_width={a.width}", f"model.d_width={a.width}", f"train.steps={steps}",
+        cpu = _run(["-m", "wgan_dist.train", "--config", preset, *recipe, f"train.steps={steps}",
                     f"log.run_dir={run}", f"log.sample_every={steps}", f"log.ckpt_every={steps}",
                     f"log.tick_every={max(1, steps // 10)}", "eval.num=64", "data.workers=1"],
                    f"training {name}")
@@ -248,10 +262,12 @@ def main() -> int:
             grid(fake[:32], out_dir / "ours_bicycle.png", 8)
 
     t0 = time.process_time()
-    snaps = train_reference((btr + 1) / 2, kimg)
-    ours_cpu = rows["ours bicycle"]["cpu_s"]
-    equal_cpu = min(snaps, key=lambda s: abs(s["cpu_s"] - ours_cpu))
-    for label, snap in (("reference, equal kimg", snaps[-1]), ("reference, equal CPU time", equal_cpu)):
+    snaps = train_reference((btr + 1) / 2, kimg) if "reference" in a.models else []
+    picks = [("reference, equal kimg", snaps[-1])] if snaps else []
+    if snaps and "ours bicycle" in rows:
+        ours_cpu = rows["ours bicycle"]["cpu_s"]
+        picks.append(("reference, equal CPU time", min(snaps, key=lambda s: abs(s["cpu_s"] - ours_cpu))))
+    for label, snap in picks:
         g = RefG()
         g.load_state_dict(snap["state"])
         with torch.no_grad():
@@ -261,7 +277,8 @@ def main() -> int:
         print(f"{label:<18} {json.dumps({k: round(v, 4) for k, v in rows[label].items()})}", flush=True)
         if label.endswith("kimg"):
             grid(fake[:32], out_dir / "reference_bicycle.png", 8)
-    print(f"(reference trained in {time.process_time() - t0:.0f} CPU s)")
+    if snaps:
+        print(f"(reference trained in {time.process_time() - t0:.0f} CPU s)")
 
     head = "| model | kimg | CPU s | accuracy | confident | Frechet (floor) | SWD |"
     lines = [head, "|---|---|---|---|---|---|---|",
