@@ -198,7 +198,7 @@ def main() -> int:
                     default=["conditional", "bicycle", "reference"],
                     help="which models to train (the reference's equal-CPU row needs 'bicycle')")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="extra config overrides for ours (a recipe under trial)")
+                    help="extra config overrides for ours (a recipe under trial; train.steps and log.* stay the benchmark's own)")
     a = ap.parse_args()
     kimg = 16.0 if a.quick else a.kimg
     torch.set_num_threads(1)
@@ -234,7 +234,7 @@ def main() -> int:
 
     from wgan_dist.config import load_config
 
-    rows, models = {}, {}
+    rows = {}
     for name, preset, data, test, want_all in (
             ("ours conditional", "quickdraw_cond", shards["train"], x_test, None),
             ("ours bicycle", "quickdraw_bicycle", shards["train_bicycle"], bt, bike)):
@@ -254,7 +254,6 @@ def main() -> int:
         fake = sample(g, num, seed=1, labels=labels)
         want = labels if labels is not None else torch.full((num,), want_all)
         rows[name] = {"kimg": meta["nimg"] / 1000, "cpu_s": cpu, **score(clf, fake, want, test)}
-        models[name] = fake
         print(f"{name:<18} {json.dumps({k: round(v, 4) for k, v in rows[name].items()})}", flush=True)
         if g.num_classes:
             grid(torch.cat([fake[labels == k][:8] for k in range(len(names))]), out_dir / "ours_conditional.png", 8)
