@@ -38,7 +38,7 @@ from _distributed import (REPO, assert_overflow_skipped_everywhere, clean_env,  
 
 from wgan_dist.config import ConfigError, load_config  # noqa: E402
 from wgan_dist.training import checkpoint as ckpt  # noqa: E402
-from wgan_dist.training import zero  # noqa: E402
+from wgan_dist.training.backends import deepspeed as zero  # noqa: E402
 
 ITERS = 3
 ZERO = {1: {"train.backend": "deepspeed", "train.zero_stage": 1},

@@ -32,10 +32,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
-class Stopped(Exception):
-    """Raised out of the training loop after the stop checkpoint is written."""
-
-
 def debug_enabled(argv: list[str] | None = None) -> bool:
     args = sys.argv[1:] if argv is None else argv
     return "--debug" in args or os.environ.get("WGAN_DIST_DEBUG", "") not in ("", "0")

@@ -10,35 +10,12 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, DistributedType, GradScalerKwargs
 
 T = TypeVar("T")
-
-DEEPSPEED_ACCELERATE = (
-    "Accelerate formed a DeepSpeed state: the trainer builds its DeepSpeed engines itself "
-    "(train.backend=deepspeed, docs/deepspeed.md) on a plain process group")
-
-
-def launcher_deepspeed() -> dict[str, str | None] | None:
-    """What `accelerate launch` with a DeepSpeed Accelerate config handed this process (it
-    sets ACCELERATE_USE_DEEPSPEED and ACCELERATE_DEEPSPEED_* from the config's
-    ``deepspeed_config``), or None for any other launch. ``training.zero.resolve`` routes the
-    run to train.backend=deepspeed with it; values are the launcher's strings, absent -> None."""
-    env = os.environ
-    if env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
-        return None
-    names = {"zero_stage": "ACCELERATE_DEEPSPEED_ZERO_STAGE",
-             "config_file": "ACCELERATE_DEEPSPEED_CONFIG_FILE",
-             "offload_optimizer_device": "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE",
-             "offload_param_device": "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE",
-             "gradient_accumulation_steps": "ACCELERATE_GRADIENT_ACCUMULATION_STEPS",
-             "gradient_clipping": "ACCELERATE_GRADIENT_CLIPPING"}
-    return {key: (None if env.get(var, "none").lower() in ("none", "") else env[var])
-            for key, var in names.items()}
 
 
 def launched_world_size() -> int:
@@ -46,45 +23,22 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def make_accelerator(mixed_precision: str = "no", bucket_mb: float = 25.0,
-                     deepspeed: bool = False) -> Accelerator:
+def make_accelerator(mixed_precision: str = "no", kwargs_handlers: Sequence[Any] = ()) -> Accelerator:
     """An Accelerator that really is the process group the launcher started.
 
     On a machine without CUDA a plain ``Accelerator()`` under torchrun reports one process in
     every rank: N silent, independent jobs (FIELD-NOTES). ``cpu=True`` gives a real gloo group.
     We check the result against WORLD_SIZE, so the trap cannot come back unnoticed.
-
-    ``deepspeed``: for train.backend=deepspeed, whose engines (``training.zero``) do the
-    precision and the gradient reduction; the Accelerator only forms the group and keeps the
-    books (rank, device, barriers, reductions), without autocast.
+    ``kwargs_handlers``: the backend's settings (DDP's buckets, the GradScaler's).
     """
-    if deepspeed:
-        mixed_precision = "no"
     cpu = not torch.cuda.is_available()
-    # broadcast_buffers=False: BatchNorm statistics of the generator stay per rank (as in a
-    # DCGAN on one GPU with the local batch); SyncBatchNorm is the option for shared statistics.
-    ddp = DistributedDataParallelKwargs(broadcast_buffers=False, bucket_cap_mb=bucket_mb)
-    # fp16: the penalty takes the gradient of the *scaled* critic output, so each sample's
-    # first gradient is the scale itself; the default 2**16 exceeds fp16's max (65504) and
-    # the first steps would always overflow. 2**10 leaves room and grows as usual.
-    scaler = GradScalerKwargs(init_scale=2.0**10)
-    # An Accelerate DeepSpeed launch sets ACCELERATE_USE_DEEPSPEED; hidden while the Accelerator
-    # is built, so that it forms the plain group: its DeepSpeed plugin needs `transformers` and
-    # on a CPU forms no DeepSpeed group (docs/deepspeed.md). training.zero builds the engines.
-    launched = os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
-    try:
-        acc = Accelerator(cpu=cpu, mixed_precision=mixed_precision, kwargs_handlers=[ddp, scaler])
-    finally:
-        if launched is not None:
-            os.environ["ACCELERATE_USE_DEEPSPEED"] = launched
+    acc = Accelerator(cpu=cpu, mixed_precision=mixed_precision, kwargs_handlers=list(kwargs_handlers))
     expected = launched_world_size()
     if acc.num_processes != expected:
         raise RuntimeError(
             f"the launcher started {expected} processes but Accelerate formed a group of "
             f"{acc.num_processes}: refusing to run {expected} independent single-process jobs"
         )
-    if acc.distributed_type == DistributedType.DEEPSPEED:
-        raise RuntimeError(DEEPSPEED_ACCELERATE)
     if mixed_precision == "fp16" and acc.scaler is None:
         # Accelerate builds fp16 autocast and a GradScaler only off-CPU; on a CPU it runs fp32.
         main_print(acc, f"note: train.mixed_precision=fp16 on {acc.device.type}: Accelerate "
@@ -92,42 +46,10 @@ def make_accelerator(mixed_precision: str = "no", bucket_mb: float = 25.0,
     return acc
 
 
-def bucket_mb_for(grad_comm: str, bucket_mb: float) -> float:
-    """DDP's bucket size for ``train.grad_comm``. PowerSGD on gloo (no CUDA) gets one bucket
-    for everything: its hook chains a second all-reduce in a callback of the first, and gloo
-    runs callbacks on its own thread, so with several buckets that all-reduce and the next
-    bucket's are issued in a different order on different ranks (a collective mismatch,
-    reproduced with celeba128 on 2 CPU processes). NCCL completes the first future when it is
-    enqueued, so the callbacks run in program order there and the bucket size is kept."""
-    if grad_comm == "powersgd" and not torch.cuda.is_available():
-        return max(bucket_mb, 1024.0)
-    return bucket_mb
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, e.g. a Slurm allocation)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def choose_threads(requested: int, loader_workers: int) -> tuple[int, str]:
-    """torch intra-op threads for this process, and why.
-
-    ``requested`` > 0 is taken as it is. 0 (auto): $OMP_NUM_THREADS when set (the user's or
-    the launcher's choice), else this process's share of the cores (cores / processes on
-    this node) minus its loader workers, at least 1. More threads than free cores is the
-    trap: OpenMP's barriers wait for a thread the OS has descheduled, and a step runs many
-    times slower (benchmarks/bench_threads.py measures it)."""
-    if requested > 0:
-        return requested, "train.threads"
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env), "OMP_NUM_THREADS"
-    cores, local = usable_cores(), int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    n = max(1, cores // max(local, 1) - loader_workers)
-    return n, f"{cores} cores / {local} process(es) - {loader_workers} loader worker(s)"
+def launched_rank() -> int:
+    """This process's rank as the launcher set it (RANK), before any group exists: for what
+    a command says before it builds one (0 without a launcher)."""
+    return int(os.environ.get("RANK", "0") or 0)
 
 
 _OWN_GROUP = False

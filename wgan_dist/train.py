@@ -74,11 +74,12 @@ def default_preset(overrides: list[str]) -> str | None:
 
 
 def build_config(args: argparse.Namespace, log=None):
-    """The config to run: preset + overrides; with --resume, the run's own config from its
-    checkpoint with the explicit overrides on top (``training.resume``)."""
+    """(the config to run, the checkpoint to continue from or None): preset + overrides; with
+    --resume, the run's own config from its checkpoint (read once) with the explicit
+    overrides on top (``training.resume``)."""
     overrides = explicit_overrides(args)
     if args.resume is None:
-        return load_config(args.config or default_preset(overrides), overrides)
+        return load_config(args.config or default_preset(overrides), overrides), None
     cfg = load_config(args.config, overrides)
     from .training.resume import config_for_resume
 
@@ -87,24 +88,38 @@ def build_config(args: argparse.Namespace, log=None):
 
 
 def _main_print(text: str) -> None:
-    if os.environ.get("RANK", "0") == "0":
+    from .ranks import launched_rank
+
+    if launched_rank() == 0:
         print(text, flush=True)
+
+
+def dry_run(cfg, log) -> int:
+    """The config with what the launcher settles (backend, ZeRO stage, precision), as YAML."""
+    from .config import validate
+    from .training.backends import resolve
+
+    for note in resolve(cfg):
+        log(note)
+    validate(cfg)
+    print(dump_yaml(cfg), end="")
+    return exits.OK
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # With --dry-run stdout is the YAML alone; notes go to stderr.
+    log = (lambda m: print(m, file=sys.stderr)) if args.dry_run else None
     try:
-        # With --dry-run stdout is the YAML alone; notes go to stderr.
-        cfg = build_config(args, log=(lambda m: print(m, file=sys.stderr)) if args.dry_run else None)
+        cfg, resume = build_config(args, log=log)
+        if args.dry_run:
+            return dry_run(cfg, log)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return exits.REFUSED
-    if args.dry_run:
-        print(dump_yaml(cfg), end="")
-        return exits.OK
     from .training.trainer import Trainer  # heavy imports only when training
 
-    trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
+    trainer = Trainer(cfg, resume=resume or args.resume, overwrite=args.overwrite)
     try:
         trainer.train()
     finally:

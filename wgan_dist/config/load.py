@@ -149,5 +149,10 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     return cfg
 
 
+def thawed(cfg: Config) -> Config:
+    """A changeable copy of a (possibly frozen) config."""
+    return config_from_dict(to_dict(cfg))
+
+
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)

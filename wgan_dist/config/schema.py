@@ -4,12 +4,39 @@ Loading (presets, overrides, types) is in ``load``, the allowed values in ``vali
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
+from typing import Any
+
+
+class Frozen:
+    """A section that refuses changes once its run has validated it (``freeze``): what
+    config.yaml says is what ran."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if getattr(self, "_frozen", False):
+            raise AttributeError(f"the config is frozen once validated; {type(self).__name__}."
+                                 f"{name} cannot change (settle it before validation)")
+        object.__setattr__(self, name, value)
+
+
+def freeze(cfg: Any) -> Any:
+    """Freeze a config tree in place (every section); returns it."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_dataclass(value):
+            freeze(value)
+    object.__setattr__(cfg, "_frozen", True)
+    return cfg
+
+
+def is_frozen(cfg: Any) -> bool:
+    return getattr(cfg, "_frozen", False)
+
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Frozen):
     shards: str = "builtin"
     """Shard set: a directory with manifest.json, a brace pattern or `pipe:` URL, an image folder
     (sharded into the cache on first use, rebuilt when its files change), or `builtin` for
@@ -38,7 +65,7 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Frozen):
     arch: str = "dcgan"
     """Architecture family of generator and critic: dcgan, or resnet (the WGAN-GP paper's)."""
     latent_dim: int = 100
@@ -68,7 +95,7 @@ class ModelConfig:
 
 
 @dataclass
-class LossConfig:
+class LossConfig(Frozen):
     kind: str = "wgan-gp"
     """wgan-gp (Gulrajani et al.) or ns (the non-saturating DCGAN loss, the seeds' baseline)."""
     gp_weight: float = 10.0
@@ -86,7 +113,7 @@ class LossConfig:
 
 
 @dataclass
-class OptimConfig:
+class OptimConfig(Frozen):
     lr_g: float = 1e-4
     """Adam learning rate of the generator."""
     lr_d: float = 1e-4
@@ -100,7 +127,7 @@ class OptimConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Frozen):
     batch_size: int = 64
     """Global batch: per-process batch x processes. Constant when the process count changes."""
     steps: int = 300
@@ -150,7 +177,7 @@ class TrainConfig:
 
 
 @dataclass
-class LogConfig:
+class LogConfig(Frozen):
     run_dir: str = ""
     """Run directory; empty means runs/<config name>."""
     tick_every: int = 25
@@ -166,7 +193,7 @@ class LogConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Frozen):
     every: int = 0
     """Generator steps between quality evaluations (0: only at the end of the run)."""
     num: int = 1000
@@ -190,7 +217,7 @@ class EvalConfig:
 
 
 @dataclass
-class Config:
+class Config(Frozen):
     name: str = "default"
     """Name of the preset; the default run directory is runs/<name>."""
     data: DataConfig = field(default_factory=DataConfig)

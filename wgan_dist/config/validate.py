@@ -41,35 +41,9 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "loss.kind": ("wgan-gp", "ns"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "train.grad_comm": ("fp32", "bf16", "fp16", "powersgd"),
-    "train.backend": ("ddp", "deepspeed"),
-    "train.zero_stage": (0, 1, 2, 3),
 }
-
-ZERO3_REFUSED = (
-    "ZeRO-3 partitions the parameters themselves and gathers each layer only around its own "
-    "forward and backward, but the gradient penalty's create_graph=True graph runs a second "
-    "backward through the critic's layers after the first has released them; use "
-    "train.zero_stage=1 or 2 (docs/deepspeed.md)")
-
-
-def check_deepspeed(cfg: Config) -> None:
-    """What train.backend=deepspeed cannot do, one line each (the DeepSpeed config file's
-    own settings are checked where it is read, ``training.zero``)."""
-    t = cfg.train
-    if t.backend != "deepspeed":
-        return
-    if t.zero_stage == 3:
-        raise ConfigError(f"train.zero_stage=3: {ZERO3_REFUSED}")
-    refused = {"train.micro_batch": (t.micro_batch, "DeepSpeed accumulates with its own "
-                                     "gradient_accumulation_steps, which this trainer does not drive"),
-               "train.grad_comm": (t.grad_comm != "fp32", "DeepSpeed reduces gradients itself "
-                                   "(communication_data_type in the DeepSpeed config)"),
-               "train.compile": (t.compile, "not tested with DeepSpeed engines")}
-    for key, (value, why) in refused.items():
-        if value:
-            raise ConfigError(f"{key}={get(cfg, key)!r} is not supported with "
-                              f"train.backend=deepspeed: {why}")
-
+# train.backend and its settings (train.zero_stage, train.deepspeed_config) are checked by the
+# backend that reads them, once, when a run settles them (``training.backends.resolve``).
 
 def get(cfg: Config, dotted: str) -> Any:
     section, name = dotted.split(".")
@@ -98,7 +72,6 @@ def validate(cfg: Config) -> None:
     from ..nets.augment import parse_policy
 
     _check_ranges(cfg)
-    check_deepspeed(cfg)
     if cfg.data.resolution not in SUPPORTED_RESOLUTIONS:
         raise ConfigError(f"data.resolution={cfg.data.resolution} has no {cfg.model.arch} "
                           f"architecture; choose one of {SUPPORTED_RESOLUTIONS}")

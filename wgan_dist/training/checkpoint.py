@@ -48,13 +48,12 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def verify(path: Path) -> None:
-    """Check a checkpoint file's container: torch.save writes a zip whose every member
-    carries a CRC-32, which ``torch.load`` does not check (a flipped byte inside a tensor
-    loads as a wrong value). Raises CheckpointError naming the file and the damage."""
-    path = Path(path)
+def _verify_zip(source: Any, path: Path) -> None:
+    """The zip container's CRC-32s (``torch.save`` writes a zip whose every member carries
+    one, which ``torch.load`` does not check: a flipped byte inside a tensor loads as a wrong
+    value). Raises CheckpointError naming the file and the damage."""
     try:
-        with zipfile.ZipFile(path) as z:
+        with zipfile.ZipFile(source) as z:
             bad = z.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
         raise CheckpointError(f"{path}: damaged or incomplete checkpoint ({type(e).__name__}: {e})") from None
@@ -62,14 +61,53 @@ def verify(path: Path) -> None:
         raise CheckpointError(f"{path}: damaged checkpoint (checksum mismatch in {bad})")
 
 
+def verify(path: Path) -> None:
+    """Check a checkpoint file's container (reads the file)."""
+    _verify_zip(Path(path), Path(path))
+
+
+def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """One checkpoint file, read once: its bytes verified (zip CRCs), then loaded from them
+    with ``weights_only=True``. ``state["path"]`` is where it came from."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such checkpoint") from None
+    _verify_zip(io.BytesIO(data), path)
+    try:
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt/truncated files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a wgan_dist checkpoint (format {state.get('format')!r})"
+                              if isinstance(state, dict) else f"{path}: not a wgan_dist checkpoint")
+    state["path"] = str(path)
+    return state
+
+
 def latest_verified(run_dir: Path) -> tuple[Path | None, list[str]]:
-    """The newest checkpoint that verifies, and one line for each newer one skipped."""
+    """The newest checkpoint that verifies (without loading it), and one line for each newer
+    one skipped."""
     skipped = []
     for path in reversed(list_checkpoints(run_dir)):
         try:
             verify(path)
             return path, skipped
         except CheckpointError as e:
+            skipped.append(str(e))
+    return None, skipped
+
+
+def newest_readable(run_dir: Path, map_location: str | torch.device = "cpu"
+                    ) -> tuple[dict[str, Any] | None, list[str]]:
+    """The newest checkpoint of a run that verifies, read (once), and one line for each newer
+    one skipped."""
+    skipped = []
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return read_checkpoint(path, map_location), skipped
+        except (CheckpointError, FileNotFoundError) as e:
             skipped.append(str(e))
     return None, skipped
 
@@ -118,21 +156,21 @@ def save_checkpoint(state: dict[str, Any], run_dir: Path, step: int, keep: int) 
     return path
 
 
-def select_resume(run_dir: Path, resume: str | None, overwrite: bool,
-                  log: Callable[[str], None] = print) -> Path | None:
-    """The checkpoint a run starts from: ``resume`` "latest" (the newest that verifies; one
-    must), "auto" (the newest that verifies, if any) or a path; None starts fresh, which a run
-    dir holding checkpoints refuses unless ``overwrite``. Skipped checkpoints are logged."""
+def find_resume(run_dir: Path, resume: str | None, overwrite: bool,
+                log: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """The checkpoint a run starts from, read: ``resume`` "latest" (the newest that verifies;
+    one must), "auto" (the newest that verifies, if any) or a path; None starts fresh, which a
+    run dir holding checkpoints refuses unless ``overwrite``. Skipped checkpoints are logged."""
     if resume in ("latest", "auto"):
-        found, skipped = latest_verified(run_dir)
+        state, skipped = newest_readable(run_dir)
         for line in skipped:
             log(f"skipping {line}")
-        if found is None and resume == "latest":
+        if state is None and resume == "latest":
             why = f" ({len(skipped)} damaged)" if skipped else ""
             raise FileNotFoundError(f"--resume: no usable checkpoint in {checkpoint_dir(run_dir)}{why}")
-        return found
+        return state
     if resume:
-        return Path(resume)
+        return load_checkpoint(Path(resume), log=log)
     existing = latest_checkpoint(run_dir)
     if existing is not None and not overwrite:
         raise FileExistsError(
@@ -154,51 +192,20 @@ def prepare_run_dir(run_dir: Path, clear_checkpoints: bool) -> None:
             p.unlink()
 
 
-def resume_message(state: dict[str, Any], old: Any, cfg: Any, world: int, batch: int) -> str:
-    """What resuming ``state`` (saved with config ``old``) under ``cfg`` on ``world``
-    processes changes, in one line."""
-    msg = (f"resumed from {state['path']} at step {state['step']} "
-           f"({state['nimg'] / 1000:.1f} kimg)")
-    if state["world_size"] != world:
-        msg += (f"; processes {state['world_size']} -> {world}: global batch stays "
-                f"{cfg.train.batch_size}, per-process batch is now {batch}; "
-                f"the data order differs from an uninterrupted run")
-    before, now = (f"{c.train.backend}" + (f" ZeRO-{c.train.zero_stage}" if c.train.backend ==
-                                            "deepspeed" else "") for c in (old, cfg))
-    if before != now:  # the optimizer state is torch Adam's whole layout under every backend
-        msg += f"; backend {before} -> {now}"
-    if old.train.batch_size != cfg.train.batch_size:
-        msg += f"; global batch changed {old.train.batch_size} -> {cfg.train.batch_size}"
-    return msg
-
-
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu",
                     log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Read a checkpoint file safely: verified first, then ``weights_only=True``. A run dir
-    (or its checkpoints/) gives its newest checkpoint that verifies (``log`` hears about the
-    damaged ones skipped)."""
+    """Read a checkpoint safely (``read_checkpoint``). A run dir (or its checkpoints/) gives
+    its newest checkpoint that verifies (``log`` hears about the damaged ones skipped)."""
     path = Path(path)
-    if path.is_dir():
-        run = path.parent if path.name == "checkpoints" else path
-        found, skipped = latest_verified(run)
-        for line in skipped:
-            (log or (lambda m: None))(f"skipping {line}")
-        if found is None:
-            why = f"; {len(skipped)} damaged: {skipped[0]}" if skipped else ""
-            raise FileNotFoundError(f"{path}: no usable checkpoint (looked in {checkpoint_dir(run)}{why})")
-        path = found
-    elif not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    else:
-        verify(path)
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt/truncated files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a wgan_dist checkpoint (format {state.get('format')!r})"
-                              if isinstance(state, dict) else f"{path}: not a wgan_dist checkpoint")
-    state["path"] = str(path)
+    if not path.is_dir():
+        return read_checkpoint(path, map_location)
+    run = path.parent if path.name == "checkpoints" else path
+    state, skipped = newest_readable(run, map_location)
+    for line in skipped:
+        (log or (lambda m: None))(f"skipping {line}")
+    if state is None:
+        why = f"; {len(skipped)} damaged: {skipped[0]}" if skipped else ""
+        raise FileNotFoundError(f"{path}: no usable checkpoint (looked in {checkpoint_dir(run)}{why})")
     return state
 
 

@@ -19,6 +19,7 @@ same sum in Python, so it is counted too.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -26,6 +27,25 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 SETTINGS = ("fp32", "bf16", "fp16", "powersgd")
+INSTRUMENT_ENV = "WGAN_DIST_INSTRUMENT"
+"""Names the file an instrumented run writes its counts to (``instrument``); unset: off."""
+
+
+def metered() -> bool:
+    """Whether this run counts the bytes it all-reduces (the benchmarks switch it on)."""
+    return bool(os.environ.get(INSTRUMENT_ENV))
+
+
+def bucket_mb_for(grad_comm: str, bucket_mb: float) -> float:
+    """DDP's bucket size for ``train.grad_comm``. PowerSGD on gloo (no CUDA) gets one bucket
+    for everything: its hook chains a second all-reduce in a callback of the first, and gloo
+    runs callbacks on its own thread, so with several buckets that all-reduce and the next
+    bucket's are issued in a different order on different ranks (a collective mismatch,
+    reproduced with celeba128 on 2 CPU processes). NCCL completes the first future when it is
+    enqueued, so the callbacks run in program order there and the bucket size is kept."""
+    if grad_comm == "powersgd" and not torch.cuda.is_available():
+        return max(bucket_mb, 1024.0)
+    return bucket_mb
 
 
 class CommMeter:
@@ -76,10 +96,3 @@ def register(module: Any, setting: str, rank: int = 1, start_iter: int = 10,
         module.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
         return state
     raise ValueError(f"train.grad_comm={setting!r}: choose {', '.join(SETTINGS)}")
-
-
-def gradient_bytes(module: torch.nn.Module, setting: str) -> int:
-    """Bytes of one all-reduce of ``module``'s gradients under ``setting`` (PowerSGD: its
-    uncompressed fallback size; the meter measures the real figure)."""
-    n = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    return n * (2 if setting in ("bf16", "fp16") else 4)

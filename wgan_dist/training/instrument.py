@@ -20,9 +20,8 @@ from typing import Iterator
 
 import torch
 
+from .comm import INSTRUMENT_ENV as ENV
 from .comm import CommMeter
-
-ENV = "WGAN_DIST_INSTRUMENT"
 _READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
 
 

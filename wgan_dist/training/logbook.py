@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator
 
+from ..config import Config
 from ..progress import heartbeat_seconds
 from ..ranks import append_line, main_print, reduce_mean
 
@@ -95,9 +97,6 @@ class Logbook:
         self.sums: dict[str, torch.Tensor] = {}
         self.start(0)
 
-    def say(self, text: str) -> None:
-        self.runlog.say(text)
-
     def start(self, nimg: int) -> None:
         self.sums, self.t0, self.nimg0 = {}, time.time(), nimg
 
@@ -125,38 +124,51 @@ class Logbook:
                       "kimg": nimg / 1000, **lrs, "peak_mem_gb": peak_memory_gb(device)})
         for k, v in stats.items():
             self.writer.add_scalar(TAGS.get(k, f"Other/{k}"), v, step)
-        self.say(status_line(step, self.steps, stats))
+        self.runlog.say(status_line(step, self.steps, stats))
         self.start(nimg)
         return stats
 
 
-def plan_text(t: Any, remaining: int) -> str:
-    """The start-up lines of trainer ``t``: where, what data, how many processes and threads,
-    what a step is in images, the models."""
-    from ..nets import count_params
+@dataclass(frozen=True)
+class Plan:
+    """What a run is about to do, for its start-up lines."""
+    run_dir: Path
+    shards: Any
+    """The resolved shard set (``data.shardset.ShardSet``)."""
+    world: int
+    device: torch.device
+    backend: str
+    """The backend's own words (``Backend.describe``)."""
+    threads_why: str
+    per_process_batch: int
+    remaining: int
+    params: tuple[int, int]
+    """Parameters of G and D."""
+    augment: tuple[str, ...]
 
-    cfg, n, gb = t.cfg, t.cfg.optim.n_critic, t.cfg.train.batch_size
-    shards, augment = t.shards, t.draws.augment
+
+def plan_text(cfg: Config, p: Plan) -> str:
+    """The start-up lines: where, what data, how many processes and threads, what a step is in
+    images, the models."""
+    n, gb, shards = cfg.optim.n_critic, cfg.train.batch_size, p.shards
     micro = (f", micro-batches of {cfg.train.micro_batch}"
-             if 0 < cfg.train.micro_batch < t.batch else "")
-    comm = f", gradients all-reduced as {cfg.train.grad_comm}" if t.world > 1 else ""
-    if cfg.train.backend == "deepspeed":
-        from .zero import describe
-        comm = describe(cfg, t.world)
+             if 0 < cfg.train.micro_batch < p.per_process_batch else "")
+    classes = cfg.model.num_classes if cfg.model.conditional else 0
     return "\n".join([
-        f"run dir        {t.run_dir.resolve()}",
+        f"run dir        {p.run_dir.resolve()}",
         f"data           {cfg.data.shards} -> {len(shards.urls)} shard(s), "
         f"{shards.total or '?'} images, {cfg.data.resolution}px x {cfg.data.channels}ch"
         + (f", {shards.num_classes} classes" if shards.num_classes else ""),
-        f"processes      {t.world} on {t.device.type}, mixed precision {cfg.train.mixed_precision}{comm}",
-        f"threads        {t.threads} torch thread(s) per process ({t.threads_why}; "
+        f"processes      {p.world} on {p.device.type}, mixed precision "
+        f"{cfg.train.mixed_precision}{p.backend}",
+        f"threads        {cfg.train.threads} torch thread(s) per process ({p.threads_why}; "
         f"train.threads to choose)",
-        f"global batch   {gb} = {t.batch} per process x {t.world} process(es){micro}",
+        f"global batch   {gb} = {p.per_process_batch} per process x {p.world} process(es){micro}",
         f"per G step     {n} critic steps x {gb} real images = {n * gb} images",
-        f"this run       {remaining} G steps = {remaining * n * gb / 1000:.1f} kimg "
+        f"this run       {p.remaining} G steps = {p.remaining * n * gb / 1000:.1f} kimg "
         f"(total {cfg.train.steps * n * gb / 1000:.1f} kimg)",
-        f"models         G {count_params(t.G.raw) / 1e6:.2f}M params, "
-        f"D {count_params(t.D.raw) / 1e6:.2f}M params, {cfg.model.arch}, loss {cfg.loss.kind}"
-        + (f", conditional on {t.num_classes} classes ({cfg.model.cond})" if t.num_classes else "")
-        + (f", DiffAugment {','.join(augment.policy)}" if augment else ""),
+        f"models         G {p.params[0] / 1e6:.2f}M params, "
+        f"D {p.params[1] / 1e6:.2f}M params, {cfg.model.arch}, loss {cfg.loss.kind}"
+        + (f", conditional on {classes} classes ({cfg.model.cond})" if classes else "")
+        + (f", DiffAugment {','.join(p.augment)}" if p.augment else ""),
     ])

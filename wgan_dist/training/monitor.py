@@ -20,8 +20,40 @@ from accelerate import Accelerator
 
 from .. import ranks
 from ..config import Config
-from ..data.format import DataError, file_sha256, read_manifest, shard_paths
+from ..data.format import check_shard, read_manifest, shard_paths
 from ..nets import classes_in_turn
+
+
+def check_ready(cfg: Config, shard_dir: Path | None) -> None:
+    """Everything an evaluation will need, checked at start-up: the FID weights, a labelled set
+    and a writable cache for the classifier, intact shards to compare with. A run must not
+    spend hours to fail at its first evaluation."""
+    ev = cfg.eval
+    if shard_dir is None:
+        return  # evaluation is skipped (and says so) for sets without a manifest
+    if ev.fid:
+        from ..metrics.fid import check_inception_available
+
+        check_inception_available(ev.inception_weights or None)
+    manifest = read_manifest(shard_dir)
+    if ev.classifier:
+        from ..metrics.classifier import default_cache_dir
+
+        if not manifest["class_names"]:
+            raise ValueError(f"eval.classifier=true needs labelled shards; {shard_dir} "
+                             f"has no class labels (set eval.classifier=false)")
+        cache = default_cache_dir()
+        cache.mkdir(parents=True, exist_ok=True)
+        if not os.access(cache, os.W_OK):
+            raise PermissionError(f"eval.classifier: the classifier cache {cache} is not writable "
+                                  f"(set $WGAN_DIST_CACHE)")
+    # The shards the evaluation reads (the first ones, up to eval.num images), checksummed.
+    need = ev.num
+    for entry, path in zip(manifest["shards"], shard_paths(shard_dir, manifest)):
+        check_shard(str(path), None, entry.get("sha256"))
+        need -= int(entry.get("count", 0))
+        if need <= 0:
+            break
 
 
 class QualityMonitor:
@@ -36,39 +68,6 @@ class QualityMonitor:
         self.alarms: list[str] = []
         self._real: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self._classifier = None
-
-    def check_ready(self) -> None:
-        """Everything an evaluation will need, checked at start-up: the FID weights, a
-        labelled set and a writable cache for the classifier, intact shards to compare with.
-        A run must not spend hours to fail at its first evaluation."""
-        ev = self.cfg.eval
-        if self.shard_dir is None:
-            return  # evaluation is skipped (and says so) for sets without a manifest
-        if ev.fid:
-            from ..metrics.fid import check_inception_available
-
-            check_inception_available(ev.inception_weights or None)
-        manifest = read_manifest(self.shard_dir)
-        if ev.classifier:
-            from ..metrics.classifier import default_cache_dir
-
-            if not manifest["class_names"]:
-                raise ValueError(f"eval.classifier=true needs labelled shards; {self.shard_dir} "
-                                 f"has no class labels (set eval.classifier=false)")
-            cache = default_cache_dir()
-            cache.mkdir(parents=True, exist_ok=True)
-            if not os.access(cache, os.W_OK):
-                raise PermissionError(f"eval.classifier: the classifier cache {cache} is not writable "
-                                      f"(set $WGAN_DIST_CACHE)")
-        # The shards the evaluation reads (the first ones, up to eval.num images).
-        need = ev.num
-        for entry, path in zip(manifest["shards"], shard_paths(self.shard_dir, manifest)):
-            if entry.get("sha256") and file_sha256(path) != entry["sha256"]:
-                raise DataError(f"{path}: sha256 does not match {self.shard_dir}/manifest.json "
-                                f"(corrupt or replaced shard)")
-            need -= int(entry.get("count", 0))
-            if need <= 0:
-                break
 
     # ------------------------------------------------------------------ per tick
     @torch.no_grad()

@@ -1,16 +1,18 @@
-"""One object per network: its parameters, its views, its optimizer.
+"""One object per network -- its parameters, its forwards, its optimizer -- and what every
+backend builds the same way (``backends`` wraps them for DDP or DeepSpeed).
 
-A network is used three ways in a training step, and each needs a different handle:
+A network is called three ways in a training step, each through its own forward:
 
-- ``fwd``: the training view for its own phase -- the DDP wrapper (so the backward
-  all-reduces its gradients), compiled when ``train.compile``;
-- ``eager``: the same wrapper never compiled, for the critic's penalty forward: the penalty
-  differentiates the critic's input gradient (double backward), which AOTAutograd refuses
-  ("torch.compile with aot_autograd does not currently support double backward");
-- ``frozen``: the unwrapped module (no DDP reducer; compiled when asked), for the *other*
-  network's phase, with its parameters frozen (``frozen_params``): the generator's loss flows
-  through the critic, but the critic is not trained there.
+- ``fwd``: its own phase -- the backend's wrapper (so the backward reduces its gradients
+  over ranks), compiled when ``train.compile``;
+- ``eager``: the critic's penalty forward, never compiled: the penalty differentiates the
+  critic's input gradient (double backward), which AOTAutograd refuses ("torch.compile with
+  aot_autograd does not currently support double backward");
+- ``frozen``: the *other* network's phase, with its parameters frozen (``frozen_params``): the
+  generator's loss flows through the critic, but the critic is not trained there.
 
+``handle`` is what the backend steps and synchronises (the DDP wrapper, whose ``no_sync`` and
+communication hooks it uses, or the DeepSpeed engine); nothing outside the backend uses it.
 Compiled callables share the modules' parameters; the modules stay eager, so their
 state_dict keys never change.
 """
@@ -21,14 +23,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
-from accelerate import Accelerator
 from torch import nn
 
 from .. import compat
 from ..config import Config
 from ..nets import build_models
-from ..ranks import main_print, seed_for
-from .checkpoint import load_module_state
+from ..ranks import seed_for
 from .ema import EMA
 
 
@@ -37,20 +37,15 @@ class Network:
     raw: nn.Module
     """The module itself: state dicts, EMA, samples and diagnostics use it."""
     fwd: Callable
-    """Forward for its own phase (DDP wrapper, compiled if asked)."""
+    """Forward for its own phase (the backend's wrapper, compiled if asked)."""
     eager: Callable
-    """Forward for the penalty (DDP wrapper, never compiled)."""
+    """Forward for the penalty (never compiled)."""
     frozen: Callable
-    """Forward for the other network's phase (no DDP reducer; use inside frozen_params)."""
+    """Forward for the other network's phase (no gradient reduction; use inside frozen_params)."""
     opt: Any
-    """Its optimizer (Accelerate's wrapper around torch's Adam)."""
-
-    def weights(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint stores of it (``zero.ZeroNetwork``: gathered fp32 master weights)."""
-        return self.raw.state_dict()
-
-    def load_weights(self, state: dict[str, torch.Tensor], what: str, where: str) -> None:
-        load_module_state(self.raw, state, what, where)
+    """Its optimizer, with torch Adam's ``param_groups`` and ``state_dict`` layout."""
+    handle: Any
+    """What the backend steps and synchronises: the DDP wrapper or the DeepSpeed engine."""
 
     @contextmanager
     def frozen_params(self) -> Iterator[Callable]:
@@ -72,35 +67,46 @@ def compile_module(module: nn.Module) -> Any:
     return torch.compile(module)
 
 
-def _adam(module: nn.Module, lr: float, cfg: Config, fused: bool) -> torch.optim.Adam:
-    # fused=None, not False: False means the for-loop Adam; None lets torch pick foreach.
-    return torch.optim.Adam(module.parameters(), lr=lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
-                            fused=True if fused else None)
-
-
-def build_networks(acc: Accelerator, cfg: Config,
-                   say: Callable[[str], None] | None = None) -> tuple[Network, Network, EMA, bool]:
-    """(generator, critic, generator EMA, whether Adam is fused), on the accelerator's device.
-
-    The same initialisation on every rank (seeded from the run's seed)."""
+def init_models(cfg: Config, device: torch.device) -> tuple[nn.Module, nn.Module, EMA]:
+    """Generator, critic and the generator's EMA, initialised from the run's seed (the same
+    on every rank and under every backend); the EMA on ``device``."""
     torch.manual_seed(seed_for(cfg.train.seed, "init"))
     g, d = build_models(cfg.model, cfg.data.resolution, cfg.data.channels)
     if cfg.train.channels_last:  # before the EMA copy, so samples run channels-last too
         g, d = g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last)
     ema = EMA(g)
-    fused = cfg.train.fused_adam and fused_adam_available(acc.device)
+    ema.model.to(device)
+    return g, d, ema
+
+
+def use_fused_adam(cfg: Config, device: torch.device, say: Callable[[str], None]) -> bool:
+    """train.fused_adam where this torch has the kernels for ``device`` (a note where not)."""
+    fused = cfg.train.fused_adam and fused_adam_available(device)
     if cfg.train.fused_adam and not fused:
-        (say or (lambda m: main_print(acc, m)))(
-            f"note: train.fused_adam: torch {torch.__version__} has no fused Adam on "
-            f"{acc.device.type}; using the foreach Adam")
-    opt_g, opt_d = _adam(g, cfg.optim.lr_g, cfg, fused), _adam(d, cfg.optim.lr_d, cfg, fused)
-    g_wrapped, d_wrapped, opt_g, opt_d = acc.prepare(g, d, opt_g, opt_d)
-    ema.model.to(acc.device)
-    g_raw, d_raw = acc.unwrap_model(g_wrapped), acc.unwrap_model(d_wrapped)
-    g_fwd, d_fwd, d_frozen = g_wrapped, d_wrapped, d_raw
-    if cfg.train.compile:
-        g_fwd, d_fwd = compile_module(g_wrapped), compile_module(d_wrapped)
-        d_frozen = d_fwd if d_wrapped is d_raw else compile_module(d_raw)
-    G = Network(g_raw, g_fwd, g_wrapped, g_raw, opt_g)
-    D = Network(d_raw, d_fwd, d_wrapped, d_frozen, opt_d)
-    return G, D, ema, fused
+        say(f"note: train.fused_adam: torch {torch.__version__} has no fused Adam on "
+            f"{device.type}; using the foreach Adam")
+    return fused
+
+
+def adam(module: nn.Module, lr: float, cfg: Config, fused: bool) -> torch.optim.Adam:
+    # fused=None, not False: False means the for-loop Adam; None lets torch pick foreach.
+    return torch.optim.Adam(module.parameters(), lr=lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+                            fused=True if fused else None)
+
+
+def compiled(cfg: Config, wrapped: Any, raw: nn.Module) -> tuple[Any, Any]:
+    """(forward for its own phase, forward for the other phase) of one network: the wrapper
+    and the module, or their compiled callables under train.compile."""
+    if not cfg.train.compile:
+        return wrapped, raw
+    fwd = compile_module(wrapped)
+    return fwd, (fwd if wrapped is raw else compile_module(raw))
+
+
+def load_optimizer_state(opt: Any, saved: dict) -> None:
+    """Load an optimizer's state but keep this run's implementation flags (fused, foreach):
+    ``load_state_dict`` takes every group setting from the checkpoint, so a run resumed with
+    train.fused_adam changed would silently keep the old implementation."""
+    groups = [{**g, **{k: c[k] for k in ("fused", "foreach") if k in c}}
+              for g, c in zip(saved["param_groups"], opt.param_groups)]
+    opt.load_state_dict({**saved, "param_groups": groups})

@@ -10,15 +10,32 @@ settings; its other values are the run's own already.
 """
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..config import Config, ConfigError, apply_values, config_from_dict, parse_overrides, validate
 from ..config.load import to_dict
 from . import checkpoint as ckpt
+from .backends import label
+from .settle import MACHINE
 
 FROZEN_SECTIONS = ("model",)
 FROZEN_KEYS = ("data.resolution", "data.channels")
+
+
+@dataclass
+class Resume:
+    """A checkpoint to continue from, read once: where it is, its state, the run's own config
+    (built once from it)."""
+    path: Path
+    state: dict[str, Any]
+    config: Config
+
+    @classmethod
+    def of(cls, state: dict[str, Any] | None) -> "Resume | None":
+        return None if state is None else cls(Path(state["path"]), state, config_from_dict(state["config"]))
 
 
 def _flat(values: dict, prefix: str = "") -> dict[str, object]:
@@ -45,44 +62,75 @@ def frozen_differences(run: Config, other: Config) -> list[str]:
             if _frozen(k) and a[k] != b.get(k)]
 
 
-def checkpoint_to_resume(run_dir: Path, resume: str, log: Callable[[str], None]) -> Path | None:
-    """The checkpoint ``--resume`` means: a path, or the newest that verifies in the run dir."""
+def open_resume(run_dir: Path, resume: str, log: Callable[[str], None]) -> Resume | None:
+    """The checkpoint ``--resume`` means, read: a path (a file, a run dir or its checkpoints/),
+    or the newest that verifies in the run dir ("latest"; "auto": None when there is none)."""
     if resume not in ("latest", "auto"):
         path = Path(resume)
         if path.is_dir():
-            path = ckpt.select_resume(path.parent if path.name == "checkpoints" else path,
-                                      "latest", False, log)
-        return path
-    return ckpt.select_resume(run_dir, resume, False, log)
+            return Resume.of(ckpt.find_resume(path.parent if path.name == "checkpoints" else path,
+                                              "latest", False, log))
+        return Resume.of(ckpt.load_checkpoint(path))
+    return Resume.of(ckpt.find_resume(run_dir, resume, False, log))
+
+
+def _machine_defaults(cfg: Config, state: dict[str, Any], typed: set[str]) -> None:
+    """Settings the run chose for its machine (``settle.MACHINE``) are chosen again here,
+    unless the command line gives them."""
+    fresh = _flat(to_dict(Config()))
+    reset = {k: fresh[k] for k in state.get("chosen_for_machine", []) if k in MACHINE and k not in typed}
+    for key, value in reset.items():
+        section, name = key.split(".")
+        setattr(getattr(cfg, section), name, value)
 
 
 def config_for_resume(given: Config, preset: Config | None, explicit: list[str], resume: str,
-                      log: Callable[[str], None] = print) -> Config:
-    """The config a resumed run continues with (``given`` when there is nothing to resume).
+                      log: Callable[[str], None] = print) -> tuple[Config, Resume | None]:
+    """The config a resumed run continues with (``given`` when there is nothing to resume), and
+    the checkpoint it continues from, read once.
 
     ``given``: preset + explicit overrides, as a fresh start would use (it names the run dir);
     ``preset``: the preset alone, when one was given; ``explicit``: the dotted overrides the
     user typed (flags included)."""
-    path = checkpoint_to_resume(given.run_dir, resume, log)
-    if path is None:
-        return given  # --resume auto on a run with no checkpoint: a fresh start
-    state = ckpt.load_checkpoint(path, log=log)
-    run = config_from_dict(state["config"])
-    cfg = config_from_dict(state["config"])
+    found = open_resume(given.run_dir, resume, log)
+    if found is None:
+        return given, None  # --resume auto on a run with no checkpoint: a fresh start
+    run = found.config
+    cfg = copy.deepcopy(run)
+    typed = set(_flat(parse_overrides(explicit)))
+    _machine_defaults(cfg, found.state, typed)
     apply_values(cfg, parse_overrides(explicit))
     cfg.log.run_dir = str(given.run_dir)  # where it was found is where it continues
     validate(cfg)
     bad = frozen_differences(run, cfg)
     if preset is not None:
         # A preset value the command line overrides is not what the run is given.
-        typed = set(_flat(parse_overrides(explicit))) | {x.split(":")[0] for x in bad}
+        typed |= {x.split(":")[0] for x in bad}
         bad += [f"{b} (by the preset)" for b in frozen_differences(run, preset)
                 if b.split(":")[0] not in typed]
     if bad:
-        raise ConfigError(f"cannot resume {path} with a different model or image size ("
+        raise ConfigError(f"cannot resume {found.path} with a different model or image size ("
                           + "; ".join(bad) + "); start a new run instead (log.run_dir=...)")
+    before = _flat(to_dict(run))
     changed = [k for k, v in _flat(to_dict(cfg)).items()
-               if _flat(to_dict(run)).get(k) != v and k != "log.run_dir"]
-    log(f"resuming {path} with the run's own config"
+               if before.get(k) != v and k != "log.run_dir" and k not in MACHINE]
+    log(f"resuming {found.path} with the run's own config"
         + (f"; changed on the command line: {', '.join(changed)}" if changed else ""))
-    return cfg
+    return cfg, found
+
+
+def resume_message(state: dict[str, Any], old: Config, cfg: Config, world: int, batch: int) -> str:
+    """What resuming ``state`` (saved with config ``old``) under ``cfg`` on ``world``
+    processes changes, in one line."""
+    msg = (f"resumed from {state['path']} at step {state['step']} "
+           f"({state['nimg'] / 1000:.1f} kimg)")
+    if state["world_size"] != world:
+        msg += (f"; processes {state['world_size']} -> {world}: global batch stays "
+                f"{cfg.train.batch_size}, per-process batch is now {batch}; "
+                f"the data order differs from an uninterrupted run")
+    before, now = label(old), label(cfg)
+    if before != now:  # the optimizer state is torch Adam's whole layout under every backend
+        msg += f"; backend {before} -> {now}"
+    if old.train.batch_size != cfg.train.batch_size:
+        msg += f"; global batch changed {old.train.batch_size} -> {cfg.train.batch_size}"
+    return msg

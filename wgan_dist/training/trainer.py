@@ -1,10 +1,11 @@
-"""The training loop: it owns the schedule, nothing else.
+"""The training loop: it owns the schedule, and a step reads top to bottom in it.
 
-Per generator step: n_critic critic phases (each with its own real batch, fresh noise and
-interpolation coefficients), then one generator phase, then the EMA update. Losses come from
-``objective``; the networks and their views from ``networks``; backward and skip mechanics
-from ``step``; draws from ``draws``; reporting from ``logbook``; files from ``checkpoint``
-and ``samples``; rank decisions from ``ranks``.
+Per generator step: n_critic critic steps (each with its own real batch, fresh noise and
+interpolation coefficients), then one generator step, then the EMA update. A step: for each
+micro-batch, the objective's loss (``objective``), the backend's backward; then the backend's
+optimizer step (``backends``: DDP or DeepSpeed ZeRO, declared in ``backends.base``). Draws
+come from ``draws``, reporting from ``logbook``, files from ``checkpoint`` and ``samples``,
+rank decisions from ``ranks``; what the run settles at start-up from ``settle``.
 """
 from __future__ import annotations
 
@@ -14,50 +15,24 @@ from typing import Any, Iterator
 import torch
 
 from .. import ranks
-from ..config import Config, config_from_dict, dump_yaml, to_dict
+from ..config import Config, dump_yaml, freeze, thawed, to_dict, validate
 from ..data import pipeline
 from ..data.shardset import check_shape, resolve_shards
+from ..nets import count_params
 from ..nets.augment import DiffAugment
 from ..objective import critic_phase, generator_phase
+from . import backends
 from . import checkpoint as ckpt
-from . import comm, zero
+from .backends import Accumulated
 from .draws import Draws
 from .ema import ema_beta
 from .instrument import Instruments
-from .logbook import Logbook, RunLog, plan_text
-from .monitor import QualityMonitor
-from .networks import build_networks
+from .logbook import Logbook, Plan, RunLog, plan_text
+from .monitor import QualityMonitor, check_ready
+from .resume import Resume, resume_message
 from .samples import SampleGrid, write_gif
+from .settle import settle_classes, settle_threads
 from .signals import StopSignals
-from .step import StepRunner
-
-
-def load_optimizer_state(opt: torch.optim.Optimizer, saved: dict) -> None:
-    """Load an optimizer's state but keep this run's implementation flags (fused, foreach):
-    ``load_state_dict`` takes every group setting from the checkpoint, so a run resumed with
-    train.fused_adam changed would silently keep the old implementation."""
-    current = opt.state_dict()["param_groups"]
-    groups = [{**g, **{k: c[k] for k in ("fused", "foreach") if k in c}}
-              for g, c in zip(saved["param_groups"], current)]
-    opt.load_state_dict({**saved, "param_groups": groups})
-
-
-def resolve_num_classes(cfg: Config, shards) -> int:
-    """model.num_classes from the shard manifest for a conditional model (0 otherwise)."""
-    m, names = cfg.model, shards.class_names
-    if not m.conditional:
-        return 0
-    where = shards.manifest_path or cfg.data.shards
-    if not names:
-        raise ValueError(f"model.conditional=true needs labelled shards, but {where} has no "
-                         f"class labels (class subfolders, QuickDraw files or the built-in set "
-                         f"give labels); or set model.conditional=false")
-    if m.num_classes and m.num_classes != len(names):
-        raise ValueError(f"model.num_classes={m.num_classes} but {where} has {len(names)} "
-                         f"classes ({', '.join(names)}); leave model.num_classes=0 to take them "
-                         f"from the manifest")
-    m.num_classes = len(names)  # stored with the config in every checkpoint
-    return m.num_classes
 
 
 def _sl(t: torch.Tensor | None, sl: slice) -> torch.Tensor | None:
@@ -65,42 +40,43 @@ def _sl(t: torch.Tensor | None, sl: slice) -> torch.Tensor | None:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, resume: str | None = None, overwrite: bool = False) -> None:
-        self.cfg = cfg
-        notes = zero.resolve(cfg, ranks.launcher_deepspeed())  # a DeepSpeed launch: deepspeed
-        deepspeed = cfg.train.backend == "deepspeed"
-        self.acc = ranks.make_accelerator(cfg.train.mixed_precision, ranks.bucket_mb_for(
-            cfg.train.grad_comm, cfg.train.bucket_mb), deepspeed)
+    def __init__(self, cfg: Config, resume: str | Resume | None = None,
+                 overwrite: bool = False) -> None:
+        # --- settle what the config leaves to the run, in a copy; then validate and freeze it:
+        # config.yaml and every checkpoint say what ran.
+        cfg = thawed(cfg)
+        notes = backends.resolve(cfg)  # which backend, its stage and precision
+        self.backend = backends.create(cfg)  # forms the process group
+        self.acc = self.backend.acc
         self.device = self.acc.device
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
-        self.run_dir = cfg.run_dir
-        self.threads, self.threads_why = ranks.choose_threads(cfg.train.threads, cfg.data.workers)
-        torch.set_num_threads(self.threads)
+        self.threads_why, self.chosen_for_machine = settle_threads(cfg)
+        torch.set_num_threads(cfg.train.threads)
         self.runlog = RunLog(self.acc)  # console lines, kept for log.txt
         say = self.runlog.say
         for note in notes:
             say(note)
-        self.resume_from = ckpt.select_resume(self.run_dir, resume, overwrite, log=say)
-        self._setup_data()
-        self.G, self.D, self.ema, self.fused_adam = (
-            zero.build_networks if deepspeed else build_networks)(self.acc, cfg, say)
+        self.cfg, self.run_dir = cfg, cfg.run_dir
+        self.resume_from = resume if isinstance(resume, Resume) else Resume.of(
+            ckpt.find_resume(self.run_dir, resume, overwrite, log=say))
+        self._setup_data()  # model.num_classes from the shards
+        validate(cfg)
+        freeze(cfg)
+        # --- build
+        self.G, self.D, self.ema = self.backend.build(cfg, say)
+        self.fused_adam = self.backend.fused_adam
         self.instruments = Instruments(self.rank)  # off unless a benchmark asks
-        self.comm_states = [comm.register(net.eager, cfg.train.grad_comm, cfg.train.powersgd_rank,
-                                          cfg.train.powersgd_start, self.instruments.on)
-                            for net in (self.G, self.D)]
         self.vote = ranks.StopVote(self.acc)
         self.classify = bool(getattr(self.D.raw, "classifies", False))  # the critic has an AC head
         augment = DiffAugment(cfg.data.diffaug) if cfg.data.diffaug else None
         self.draws = Draws(cfg.train.seed, self.rank, self.device, self.batch,
                            cfg.model.latent_dim, self.num_classes, augment, cfg.data.resolution)
-        self.steps = zero.ZeroSteps(self.acc) if deepspeed else StepRunner(self.acc, self.fused_adam)
         self.step, self.nimg, self.stopped = 0, 0, False
         if self.resume_from is not None:
             self._load(self.resume_from)
         manifest = self.shards.manifest_path
-        self.monitor = QualityMonitor(self.acc, cfg, ranks.NullWriter(), self.run_dir,
-                                      manifest.parent if manifest is not None else None, say)
-        self.monitor.check_ready()  # what the evaluations will need, before any step is spent
+        shard_dir = manifest.parent if manifest is not None else None
+        check_ready(cfg, shard_dir)  # what the evaluations will need, before any step is spent
         # Only now, with data, models and checkpoint in hand, does the run dir get written:
         # a start that fails leaves nothing behind, and config.yaml is the config as run
         # (model.num_classes from the manifest, the resumed run's own settings).
@@ -109,7 +85,7 @@ class Trainer:
         ranks.write_text(self.acc, self.run_dir / "config.yaml", dump_yaml(cfg))
         self.runlog.open(self.run_dir)
         self.writer = ranks.make_writer(self.acc, self.run_dir / "logs")
-        self.monitor.writer = self.writer
+        self.monitor = QualityMonitor(self.acc, cfg, self.writer, self.run_dir, shard_dir, say)
         self.logbook = Logbook(self.acc, self.writer, self.runlog, cfg.log.tick_every,
                                cfg.train.steps)
         self.grid = SampleGrid(cfg.log.grid_size, cfg.model.latent_dim, self.num_classes,
@@ -132,7 +108,8 @@ class Trainer:
                 class_names=[c.strip() for c in cfg.data.class_names.split(",") if c.strip()])
         check_shape(self.shards, cfg.data.resolution, cfg.data.channels)
         self.shards.check()  # on every rank (headers only), so every rank stops alike
-        self.num_classes = resolve_num_classes(cfg, self.shards)
+        self.num_classes = settle_classes(cfg, self.shards.class_names,
+                                          self.shards.manifest_path or cfg.data.shards)
 
     def make_batches(self, skip: int, count: int) -> pipeline.Taken:
         """``count`` batches, the first ``skip`` of the run's stream already consumed; its
@@ -148,66 +125,69 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        scaler = self.acc.scaler
         return {
-            "G": self.G.weights(), "D": self.D.weights(),
+            **self.backend.state_dict(self.G, self.D),  # gathered: every rank calls it
             "G_ema": self.ema.model.state_dict(),
-            "opt_G": self.G.opt.state_dict(), "opt_D": self.D.opt.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else {},
             "step": self.step, "nimg": self.nimg, "world_size": self.world,
-            "config": to_dict(self.cfg), "class_names": list(self.shards.class_names),
-            "rng_torch": torch.get_rng_state(),
+            "config": to_dict(self.cfg), "chosen_for_machine": list(self.chosen_for_machine),
+            "class_names": list(self.shards.class_names), "rng_torch": torch.get_rng_state(),
         }
 
-    def _load(self, path: Path) -> None:
-        state = ckpt.load_checkpoint(path, map_location="cpu")
-        where = state["path"]
-        self.G.load_weights(state["G"], "generator", where)
-        self.D.load_weights(state["D"], "critic", where)
+    def _load(self, resume: Resume) -> None:
+        state, where = resume.state, str(resume.path)
+        self.backend.load_state_dict(self.G, self.D, state, where)
         ckpt.load_module_state(self.ema.model, state["G_ema"], "generator EMA", where)
-        load_optimizer_state(self.G.opt, state["opt_G"])
-        load_optimizer_state(self.D.opt, state["opt_D"])
-        if self.acc.scaler is not None and state["scaler"]:
-            self.acc.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng_torch"])
         self.step, self.nimg = int(state["step"]), int(state["nimg"])
-        self.runlog.say(ckpt.resume_message(state, config_from_dict(state["config"]),
-                                            self.cfg, self.world, self.batch))
+        self.runlog.say(resume_message(state, resume.config, self.cfg, self.world, self.batch))
 
     def save(self) -> Path | None:
-        state = self.state_dict()  # on every rank: under DeepSpeed it gathers the partitions
+        state = self.state_dict()  # on every rank: a partitioned backend gathers its state
         return ranks.main_then_all(self.acc, lambda: ckpt.save_checkpoint(
             state, self.run_dir, self.step, self.cfg.log.keep_checkpoints))
 
-    # ------------------------------------------------------------------ phases
+    # ------------------------------------------------------------------ steps
     def critic_step(self, real: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor,
                     y_real: torch.Tensor | None = None, y_fake: torch.Tensor | None = None,
                     augment=None) -> dict:
+        """One critic step: per micro-batch, fakes (no gradient), the critic's loss, backward;
+        then the optimizer step (or the skip every rank agrees on). The statistics."""
+        G, D, backend = self.G, self.D, self.backend
         if self.cfg.train.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
-        scale = self.steps.loss_scale(self.D.opt)
-
-        def compute(sl: slice) -> tuple[torch.Tensor, dict]:
-            yr, yf = _sl(y_real, sl), _sl(y_fake, sl)
-            with torch.no_grad(), self.acc.autocast():
-                fake = self.G.fwd(z[sl], yf)
-            with self.acc.autocast():
-                return critic_phase(self.D.fwd, real[sl], fake, alpha[sl], self.cfg.loss, scale,
-                                    y_real=yr, y_fake=yf, classify=self.classify,
-                                    augment=augment.sliced(sl) if augment else None,
-                                    penalty_critic=self.D.eager)
-        return self.steps.accumulate(self.D.eager, self.D.opt, real.shape[0],
-                                     self.cfg.train.micro_batch, compute)
+        scale = backend.loss_scale(D)  # the penalty differentiates the scaled output (fp16)
+        total = Accumulated()
+        for mb in backend.micro_batches(D, real.shape[0]):
+            s, yr, yf = mb.slice, _sl(y_real, mb.slice), _sl(y_fake, mb.slice)
+            with mb.sync():
+                with torch.no_grad(), self.acc.autocast():
+                    fake = G.fwd(z[s], yf)
+                with self.acc.autocast():
+                    loss, stats = critic_phase(D.fwd, real[s], fake, alpha[s], self.cfg.loss, scale,
+                                               y_real=yr, y_fake=yf, classify=self.classify,
+                                               augment=augment.sliced(s) if augment else None,
+                                               penalty_critic=D.eager)
+                backend.backward(D, loss, mb)
+            total.add(loss, stats, mb)
+        backend.step(D, total.loss, total.stats)
+        return total.stats
 
     def generator_step(self, z: torch.Tensor, y: torch.Tensor | None = None, augment=None) -> dict:
-        def compute(sl: slice) -> tuple[torch.Tensor, dict]:
-            ys = _sl(y, sl)
-            with self.D.frozen_params() as critic, self.acc.autocast():
-                return generator_phase(critic, self.G.fwd(z[sl], ys), self.cfg.loss, y=ys,
-                                       classify=self.classify,
-                                       augment=augment.sliced(sl) if augment else None)
-        return self.steps.accumulate(self.G.eager, self.G.opt, z.shape[0],
-                                     self.cfg.train.micro_batch, compute)
+        """One generator step: per micro-batch, fakes through the frozen critic, the
+        generator's loss, backward; then the optimizer step. The statistics."""
+        G, D, backend = self.G, self.D, self.backend
+        total = Accumulated()
+        for mb in backend.micro_batches(G, z.shape[0]):
+            s, ys = mb.slice, _sl(y, mb.slice)
+            with mb.sync():
+                with D.frozen_params() as critic, self.acc.autocast():
+                    loss, stats = generator_phase(critic, G.fwd(z[s], ys), self.cfg.loss, y=ys,
+                                                  classify=self.classify,
+                                                  augment=augment.sliced(s) if augment else None)
+                backend.backward(G, loss, mb)
+            total.add(loss, stats, mb)
+        backend.step(G, total.loss, total.stats)
+        return total.stats
 
     def _real_batch(self, batches: Iterator) -> tuple[torch.Tensor, torch.Tensor | None]:
         fmt = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
@@ -273,7 +253,7 @@ class Trainer:
             if self.step % cfg.log.ckpt_every == 0 or done or self.stopped:
                 path = self.save()
                 if self.stopped:
-                    log.say(f"stop requested: saved {path} at step {self.step}")
+                    self.runlog.say(f"stop requested: saved {path} at step {self.step}")
                     break
             if (cfg.eval.every and self.step % cfg.eval.every == 0) or done:
                 last.update(self.monitor.evaluate(self.ema.model, self.step, self.nimg))
@@ -295,7 +275,11 @@ class Trainer:
 
     def plan(self, remaining: int) -> str:
         """The start-up lines: where, what data, how many processes, what a step is."""
-        return plan_text(self, remaining)
+        augment = self.draws.augment
+        return plan_text(self.cfg, Plan(
+            self.run_dir, self.shards, self.world, self.device, self.backend.describe(),
+            self.threads_why, self.batch, remaining, (count_params(self.G.raw), count_params(self.D.raw)),
+            augment.policy if augment else ()))
 
     def close(self) -> None:
         self.signals.uninstall()

@@ -28,7 +28,11 @@ differs from DDP, and why:
   checkpoint, the same as a DDP run's, so a DeepSpeed run resumes under DDP and back, on any
   number of processes. Gathering is a collective: every rank calls ``state_dict``.
 
-Private DeepSpeed attributes are read in ``zero_state`` only (deepspeed 0.19.8);
+Settings: the ZeRO stage, precision and every refusal are settled here, once, by
+``resolve`` -- before the config is validated and frozen -- from whichever source gave them
+(an Accelerate DeepSpeed launch, ``train.zero_stage``, the DeepSpeed config file).
+
+Private DeepSpeed attributes are read in ``deepspeed_state`` only (deepspeed 0.19.8);
 tests/test_deepspeed.py exercises them for real.
 """
 from __future__ import annotations
@@ -36,26 +40,51 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from dataclasses import dataclass
+import os
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
 
-from ..config import Config, ConfigError
-from ..config.validate import check_deepspeed
-from ..nets import build_models
-from ..ranks import seed_for
-from .checkpoint import load_module_state
-from .ema import EMA
-from .networks import Network, _adam, fused_adam_available
-from .zero_state import ZeroOptimizer
+from ...config import Config, ConfigError
+from ... import ranks
+from ..checkpoint import load_module_state
+from ..ema import EMA
+from ..networks import Network, adam, init_models, load_optimizer_state, use_fused_adam
+from .base import MicroBatch, Stats, split
+from .deepspeed_state import ZeroOptimizer
 
 OFFLOAD_REFUSED = (
     "DeepSpeed CPU/NVMe offload is not supported: it is not proven equal to the DDP path here "
     "(on a CPU-only machine there is nothing to offload to, and no GPU was available to test "
     "it); remove offload_optimizer / offload_param (docs/deepspeed.md)")
+ZERO3_REFUSED = (
+    "ZeRO-3 partitions the parameters themselves and gathers each layer only around its own "
+    "forward and backward, but the gradient penalty's create_graph=True graph runs a second "
+    "backward through the critic's layers after the first has released them; use "
+    "train.zero_stage=1 or 2 (docs/deepspeed.md)")
 WHAT = {1: "optimizer state partitioned", 2: "optimizer state and gradients partitioned"}
+LAUNCH_ENV = "ACCELERATE_USE_DEEPSPEED"
+
+
+def launcher_settings() -> dict[str, str | None] | None:
+    """What `accelerate launch` with a DeepSpeed Accelerate config handed this process (it
+    sets ACCELERATE_USE_DEEPSPEED and ACCELERATE_DEEPSPEED_* from the config's
+    ``deepspeed_config``), or None for any other launch; it routes the run to this backend.
+    Values are the launcher's strings, absent -> None."""
+    env = os.environ
+    if env.get(LAUNCH_ENV, "false").lower() != "true":
+        return None
+    names = {"zero_stage": "ACCELERATE_DEEPSPEED_ZERO_STAGE",
+             "config_file": "ACCELERATE_DEEPSPEED_CONFIG_FILE",
+             "offload_optimizer_device": "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE",
+             "offload_param_device": "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE",
+             "gradient_accumulation_steps": "ACCELERATE_GRADIENT_ACCUMULATION_STEPS",
+             "gradient_clipping": "ACCELERATE_GRADIENT_CLIPPING"}
+    return {key: (None if env.get(var, "none").lower() in ("none", "") else env[var])
+            for key, var in names.items()}
 
 
 # ------------------------------------------------------------------ settings
@@ -123,9 +152,16 @@ def _check_launcher(launcher: dict) -> None:
                           f"path does not clip, so a clipped step would be another objective")
 
 
+def _as_stage(value: Any, source: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: ZeRO stage {value!r} is not a number; choose 1 or 2") from None
+
+
 def resolve(cfg: Config, launcher: dict | None) -> list[str]:
     """Route and settle the DeepSpeed settings in ``cfg`` (in place), before anything is built;
-    the notes to print. ``launcher`` (``ranks.launcher_deepspeed()``): what an `accelerate
+    the notes to print. ``launcher`` (``launcher_settings()``): what an `accelerate
     launch` with a DeepSpeed config passed; it routes the run to this backend. ZeRO stage:
     the launcher's, else train.zero_stage, else the DeepSpeed config file's, else 2."""
     t, notes = cfg.train, []
@@ -149,12 +185,17 @@ def resolve(cfg: Config, launcher: dict | None) -> list[str]:
     file_stage = (ds.get("zero_optimization") or {}).get("stage")
     chosen = [(v, k) for v, k in (((launcher or {}).get("zero_stage"), "the Accelerate config"),
               (t.zero_stage or None, "train.zero_stage"), (file_stage, where)) if v is not None]
-    stage, source = (int(chosen[0][0]), chosen[0][1]) if chosen else (2, "the default")
-    notes += [f"note: ZeRO stage {stage} from {source} (not {int(v)} from {k})"
-              for v, k in chosen[1:] if int(v) != stage]
-    if stage not in (1, 2, 3):
-        raise ConfigError(f"ZeRO stage {stage} (from {source}): choose 1 or 2 under "
-                          f"train.backend=deepspeed (without ZeRO, use train.backend=ddp)")
+    chosen = [(_as_stage(v, k), k) for v, k in chosen]
+    stage, source = chosen[0] if chosen else (2, "the default")
+    notes += [f"note: ZeRO stage {stage} from {source} (not {v} from {k})"
+              for v, k in chosen[1:] if v != stage]
+    if stage not in (1, 2):
+        # One refusal for every source, naming the one that asked.
+        named = {"train.zero_stage": "train.zero_stage", "the Accelerate config":
+                 "the Accelerate config: zero_stage"}.get(source, f"{source}: zero_optimization.stage")
+        why = ZERO3_REFUSED if stage == 3 else ("choose 1 or 2 (without ZeRO, use "
+                                                "train.backend=ddp)")
+        raise ConfigError(f"{named}={stage}: {why}")
     t.zero_stage = stage
     precision = "bf16" if _enabled(ds.get("bf16")) else "fp16" if _enabled(ds.get("fp16")) else "no"
     if precision != "no" and t.mixed_precision not in ("no", precision):
@@ -165,8 +206,21 @@ def resolve(cfg: Config, launcher: dict | None) -> list[str]:
         raise ConfigError("fp16 under train.backend=deepspeed needs a GPU: DeepSpeed's CPU "
                           "accelerator has no fp16 (\"Type fp16 is not supported on your "
                           "device\"); use bf16 here")
-    check_deepspeed(cfg)
+    _check_training(cfg)
     return notes
+
+
+def _check_training(cfg: Config) -> None:
+    """What this trainer does not do under DeepSpeed, one line each."""
+    t = cfg.train
+    refused = {"train.micro_batch": (t.micro_batch, t.micro_batch, "DeepSpeed accumulates with "
+                                     "its own gradient_accumulation_steps, which this trainer does not drive"),
+               "train.grad_comm": (t.grad_comm != "fp32", t.grad_comm, "DeepSpeed reduces gradients "
+                                   "itself (communication_data_type in the DeepSpeed config)"),
+               "train.compile": (t.compile, t.compile, "not tested with DeepSpeed engines")}
+    for key, (bad, value, why) in refused.items():
+        if bad:
+            raise ConfigError(f"{key}={value!r} is not supported with train.backend=deepspeed: {why}")
 
 
 def engine_config(cfg: Config, world: int) -> dict:
@@ -190,30 +244,13 @@ def engine_config(cfg: Config, world: int) -> dict:
         # BFloat16 but found Float"). The EMA generator and the checkpoints hold them in fp32.
         ds["data_types"] = {"buffer_dtype": t.mixed_precision, **(ds.get("data_types") or {})}
     if t.mixed_precision == "fp16":
-        # The DDP path's initial 2**10 (ranks.make_accelerator says why not 2**16).
+        # The DDP path's initial 2**10 (backends.ddp.accelerator says why not 2**16).
         ds["fp16"].setdefault("initial_scale_power", 10)
     # DeepSpeed's default gradient_clipping is 1.0 (deepspeed/runtime/constants.py, 0.19.8): it
     # would rescale every critic gradient to norm 1, another objective. A file's > 0 is refused.
     ds["gradient_clipping"] = 0.0
     ds.setdefault("steps_per_print", 2**31 - 1)  # DeepSpeed's own progress lines: off
     return ds
-
-
-@dataclass
-class ZeroNetwork(Network):
-    """A ``Network`` whose parameters and optimizer live in a DeepSpeed engine."""
-    engine: Any = None
-
-    def weights(self) -> dict[str, torch.Tensor]:
-        """The fp32 master weights (gathered; every rank calls it) and the buffers, in fp32."""
-        state = {k: v.float() if v.is_floating_point() else v for k, v in self.raw.state_dict().items()}
-        names = [n for n, _ in self.raw.named_parameters()]
-        state.update(zip(names, self.opt.master_weights()))
-        return state
-
-    def load_weights(self, state: dict[str, torch.Tensor], what: str, where: str) -> None:
-        load_module_state(self.raw, state, what, where)
-        self.opt.set_master_weights([state[n] for n, _ in self.raw.named_parameters()])
 
 
 def _cast_inputs(dtype: torch.dtype) -> Callable:
@@ -260,55 +297,87 @@ def _one_process_without_launcher() -> None:
                       MASTER_PORT=str(port))
 
 
-def build_networks(acc: Any, cfg: Config,
-                   say: Callable[[str], None] | None = None) -> tuple[Network, Network, EMA, bool]:
-    """(generator, critic, generator EMA, False): ``networks.build_networks`` for DeepSpeed,
-    the same initialisation and Adam, one ZeRO engine per network."""
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # its INFO lines, per rank
-    _one_process_without_launcher()
-    torch.manual_seed(seed_for(cfg.train.seed, "init"))
-    g, d = build_models(cfg.model, cfg.data.resolution, cfg.data.channels)
-    if cfg.train.channels_last:
-        g, d = g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last)
-    ema = EMA(g)
-    ema.model.to(acc.device)
-    fused = cfg.train.fused_adam and fused_adam_available(acc.device)
-    conf = engine_config(cfg, acc.num_processes)
-    nets = []
-    for module, lr in ((g, cfg.optim.lr_g), (d, cfg.optim.lr_d)):
-        engine = _engine(module.to(acc.device), _adam(module, lr, cfg, fused), conf)
-        raw = engine.module
-        nets.append(ZeroNetwork(raw, engine, raw, raw, ZeroOptimizer(engine, raw), engine))
-    return nets[0], nets[1], ema, False
+def accelerator() -> Accelerator:
+    """The plain process group the engines run on, without autocast (the engines do the
+    precision and the gradient reduction). An Accelerate DeepSpeed launch sets
+    ACCELERATE_USE_DEEPSPEED; it is hidden while the Accelerator is built, so that it forms the
+    plain group: its DeepSpeed plugin needs `transformers` and on a CPU forms no DeepSpeed
+    group (docs/deepspeed.md)."""
+    launched = os.environ.pop(LAUNCH_ENV, None)
+    try:
+        acc = ranks.make_accelerator("no")
+    finally:
+        if launched is not None:
+            os.environ[LAUNCH_ENV] = launched
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        raise RuntimeError("Accelerate formed a DeepSpeed state: the trainer builds its DeepSpeed "
+                           "engines itself (train.backend=deepspeed, docs/deepspeed.md) on a plain "
+                           "process group")
+    return acc
 
 
-class ZeroSteps:
-    """``step.StepRunner`` for DeepSpeed engines: the same interface the trainer calls."""
+class ZeroBackend:
+    """One ZeRO engine per network, around the torch Adam the DDP backend builds."""
 
-    def __init__(self, acc: Any) -> None:
-        self.acc = acc
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.acc = accelerator()
+        self.fused_adam = False
 
-    def loss_scale(self, opt: ZeroOptimizer) -> float:
-        """The scale the penalty differentiates (fp16's dynamic loss scale, else 1)."""
-        return float(opt.zero.loss_scale) if opt.engine.fp16_enabled() else 1.0
+    def build(self, cfg: Config, say: Callable[[str], None]) -> tuple[Network, Network, EMA]:
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # its INFO lines, per rank
+        _one_process_without_launcher()
+        self.cfg, acc = cfg, self.acc
+        g, d, ema = init_models(cfg, acc.device)
+        fused = use_fused_adam(cfg, acc.device, say)
+        conf = engine_config(cfg, acc.num_processes)
+        nets = []
+        for module, lr in ((g, cfg.optim.lr_g), (d, cfg.optim.lr_d)):
+            engine = _engine(module.to(acc.device), adam(module, lr, cfg, fused), conf)
+            raw = engine.module
+            nets.append(Network(raw, engine, raw, raw, ZeroOptimizer(engine, raw), engine))
+        return nets[0], nets[1], ema
 
-    def accumulate(self, module: Any, opt: ZeroOptimizer, batch: int, micro: int,
-                   compute: Callable[[slice], tuple[torch.Tensor, dict]]) -> dict:
-        """One step of the whole local batch (train.micro_batch is refused under DeepSpeed)."""
-        loss, stats = compute(slice(None))
+    def describe(self) -> str:
+        stage = self.cfg.train.zero_stage
+        return f", DeepSpeed ZeRO-{stage} ({WHAT.get(stage, '?')} over {self.acc.num_processes} process(es))"
+
+    # ------------------------------------------------------------------ a step
+    def loss_scale(self, net: Network) -> float:
+        """fp16's dynamic loss scale, else 1."""
+        return float(net.opt.zero.loss_scale) if net.handle.fp16_enabled() else 1.0
+
+    def micro_batches(self, net: Network, batch: int) -> list[MicroBatch]:
+        return split(batch, 0, lambda: None)  # one piece: train.micro_batch is refused
+
+    def backward(self, net: Network, loss: torch.Tensor, mb: MicroBatch) -> None:
         bad = (~torch.isfinite(loss.detach())).float()
         if self.acc.num_processes > 1:
             bad = self.acc.reduce(bad, reduction="sum").clamp_(max=1.0)
-        engine = opt.engine
-        engine.backward(loss / (1.0 - bad))  # / 1.0 is exact; / 0 makes DeepSpeed skip everywhere
+        net.handle.backward(loss / (1.0 - bad))  # / 1.0 is exact; / 0 makes DeepSpeed skip everywhere
+
+    def step(self, net: Network, loss: torch.Tensor, stats: Stats) -> None:
+        engine = net.handle
         engine.step()
         stats["skipped_steps"] = torch.tensor(0.0 if engine.was_step_applied() else 1.0,
                                               device=loss.device)
-        return stats
 
+    # ------------------------------------------------------------------ state
+    @staticmethod
+    def _weights(net: Network) -> dict[str, torch.Tensor]:
+        """The fp32 master weights (gathered: a collective) and the buffers, in fp32."""
+        state = {k: v.float() if v.is_floating_point() else v for k, v in net.raw.state_dict().items()}
+        names = [n for n, _ in net.raw.named_parameters()]
+        state.update(zip(names, net.opt.master_weights()))
+        return state
 
-def describe(cfg: Config, world: int) -> str:
-    """The start-up line's words for this backend."""
-    stage = cfg.train.zero_stage
-    return f", DeepSpeed ZeRO-{stage} ({WHAT.get(stage, '?')} over {world} process(es))"
+    def state_dict(self, G: Network, D: Network) -> dict[str, Any]:
+        return {"G": self._weights(G), "D": self._weights(D),
+                "opt_G": G.opt.state_dict(), "opt_D": D.opt.state_dict(), "scaler": {}}
 
+    def load_state_dict(self, G: Network, D: Network, state: dict[str, Any], where: str) -> None:
+        for net, key, what in ((G, "G", "generator"), (D, "D", "critic")):
+            load_module_state(net.raw, state[key], what, where)
+            net.opt.set_master_weights([state[key][n] for n, _ in net.raw.named_parameters()])
+        load_optimizer_state(G.opt, state["opt_G"])
+        load_optimizer_state(D.opt, state["opt_D"])
