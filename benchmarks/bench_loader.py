@@ -7,7 +7,7 @@ For each resolution (28 px grayscale like QuickDraw, 64 and 128 px RGB like Cele
 built-in sketches are written as shard sets (png and raw uint8) and, with the very same PNG
 bytes, as an image folder. Each round measures, interleaved:
 
-- bound:        the same encoded bytes decoded in a tight loop by ``data.pipeline.decode_sample`` (our
+- bound:        the same encoded bytes decoded in a tight loop by ``data.pipeline.DecodeSample`` (our
                 decoder), in W processes at once, no pipeline: what W cores can decode;
 - pipeline:     ``data.pipeline.make_loader`` with W workers (tar reading, shuffle buffer, flips,
                 decode, batching, the hand-over to the training process);
@@ -65,7 +65,7 @@ def image_folder(png_dir: Path) -> Path:
     """The PNG shard set's samples as files, class/key.png: the same bytes ImageFolder reads."""
     out = png_dir.with_name(png_dir.name.replace("-png-", "-folder-"))
     if not (out / ".complete").is_file():
-        for s in data.read_tar()(iter({"url": u} for u in urls_of(png_dir))):
+        for s in data.ReadTar()(iter({"url": u} for u in urls_of(png_dir))):
             cls = out / f"class{int(s['cls']):02d}"
             cls.mkdir(parents=True, exist_ok=True)
             (cls / f"{s['__key__']}.png").write_bytes(s["png"])
@@ -80,7 +80,7 @@ def image_folder(png_dir: Path) -> Path:
 
 def _decode_worker(samples: list, res: int, ch: int, seconds: float, barrier, queue) -> None:
     torch.set_num_threads(1)
-    decode = data.decode_sample(res, ch)
+    decode = data.DecodeSample(res, ch)
     barrier.wait()
     n, t_end = 0, time.perf_counter() + seconds
     while time.perf_counter() < t_end:
@@ -176,12 +176,12 @@ def stage_costs(urls: list[str], res: int, images: int, repeats: int) -> dict[st
     for comparison. Medians of ``repeats`` interleaved rounds."""
     import webdataset as wds
 
-    read = [data.shard_stream(urls, 0, 1, 0), data.read_tar()]
-    mid = [data.shuffle(1000, 0, 0), data.draw_flips(False, 0, 0), data.skip_consumed(0, BATCH)]
-    decode = [wds.map(data.decode_sample(res, CHANNELS[res]))]
+    read = [data.ShardStream(urls, 0, 1, 0), data.ReadTar()]
+    mid = [data.Shuffle(1000, 0, 0), data.DrawFlips(False, 0, 0), data.SkipConsumed(0, BATCH)]
+    decode = [wds.map(data.DecodeSample(res, CHANNELS[res]))]
     batch = [wds.batched(BATCH, collation_fn=data.collate, partial=False)]
-    rows = {"tar read, webdataset's reader": [data.shard_stream(urls, 0, 1, 0), wds.tarfile_to_samples()],
-            "tar read (read_tar)": read, "+ shuffle, flip, resume skip": read + mid,
+    rows = {"tar read, webdataset's reader": [data.ShardStream(urls, 0, 1, 0), wds.tarfile_to_samples()],
+            "tar read (ReadTar)": read, "+ shuffle, flip, resume skip": read + mid,
             "+ decode": read + mid + decode, "+ batch (collate)": read + mid + decode + batch}
 
     def cost(stages: list) -> float:
@@ -289,7 +289,7 @@ def bench_resolution(res: int, per_class: int, workers_list: list[int], repeats:
     png, raw = shard_set(res, "png", per_class), shard_set(res, "raw", per_class)
     folder = image_folder(png)
     urls = {"png": urls_of(png), "raw": urls_of(raw)}
-    samples = {enc: list(data.read_tar()(iter({"url": u} for u in urls[enc]))) for enc in urls}
+    samples = {enc: list(data.ReadTar()(iter({"url": u} for u in urls[enc]))) for enc in urls}
     # Size each pipeline run from a short decode rate: about `seconds` of reading.
     guess = {enc: bound_rate(samples[enc], res, 1, 0.3)["img_s"] for enc in urls}
     cases = {}

@@ -5,10 +5,6 @@ fails the test (with the output so far) instead of blocking CI.
 """
 from __future__ import annotations
 
-import datetime
-import hashlib
-import io
-import json
 import os
 import signal
 import socket
@@ -26,33 +22,23 @@ LAUNCH_TIMEOUT = 240  # seconds; a healthy 2-rank launch takes 15-30 s on a load
 
 
 def write_one_shard(out: Path, count: int = 64, resolution: int = 28) -> Path:
-    """A labelled grayscale shard set with exactly one shard (format wgan_dist-shards/1)."""
-    import webdataset as wds
+    """A labelled grayscale shard set with exactly one shard, written by the project's writer
+    from an image folder (class subfolders ``even`` / ``odd``) beside it."""
     from PIL import Image
 
-    out.mkdir(parents=True, exist_ok=True)
+    from wgan_dist.data.write import write_shards
+
+    images = out.parent / f"{out.name}-images"
     rng = np.random.default_rng(0)
-    name = "shard-000000.tar"
-    with wds.TarWriter(str(out / name)) as sink:
-        for i in range(count):
-            img = np.zeros((resolution, resolution), np.uint8)
-            r = 4 + i % 8  # a bright square of varying size: easy to see in a grid
-            img[r:resolution - r, r:resolution - r] = rng.integers(128, 256)
-            buf = io.BytesIO()
-            Image.fromarray(img, mode="L").save(buf, format="PNG")
-            sink.write({"__key__": f"{i:09d}", "png": buf.getvalue(),
-                        "cls": str(i % 2).encode(), "src": f"synthetic#{i}".encode()})
-    manifest = {
-        "format": "wgan_dist-shards/1", "resolution": resolution, "channels": 1,
-        "encoding": "png", "jpeg_quality": None, "labelled": True,
-        "class_names": ["even", "odd"], "inputs": count, "total": count,
-        "per_class": {"even": (count + 1) // 2, "odd": count // 2},
-        "shards": [{"name": name, "count": count,
-                    "sha256": hashlib.sha256((out / name).read_bytes()).hexdigest()}],
-        "skipped": [], "source": {"kind": "folder", "paths": ["synthetic (tests/_distributed.py)"]},
-        "seed": 0, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    for i in range(count):
+        img = np.zeros((resolution, resolution), np.uint8)
+        r = 4 + i % 8  # a bright square of varying size: easy to see in a grid
+        img[r:resolution - r, r:resolution - r] = rng.integers(128, 256)
+        folder = images / ("even", "odd")[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img, mode="L").save(folder / f"{i:04d}.png")
+    write_shards([str(images)], str(out), resolution=resolution, channels=1, per_shard=count,
+                 progress=False)
     return out
 
 

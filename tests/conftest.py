@@ -35,3 +35,20 @@ def tiny_overrides(shards: Path, run_dir: Path, **extra) -> list[str]:
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+def save_quickdraw_npy(out_dir, n_per_class: int, seed: int = 0, prefix: str = "") -> list[str]:
+    """Write the built-in drawings as ``<prefix><category>.npy`` (N, 784) uint8 per category,
+    QuickDraw's bitmap form (``prefix="full_numpy_bitmap_"``: the downloadable files' names)."""
+    import numpy as np
+
+    from wgan_dist.data.builtin import CATEGORIES, render_sample
+
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for c, name in enumerate(CATEGORIES):
+        rows = np.stack([render_sample(c, i, seed, 28).reshape(784) for i in range(n_per_class)])
+        path = os.path.join(os.fspath(out_dir), f"{prefix}{name}.npy")
+        np.save(path, rows.astype(np.uint8))
+        paths.append(path)
+    return paths

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from wgan_dist.data import builtin
-from wgan_dist.data.builtin import CATEGORIES, make_builtin, render_strokes, save_quickdraw_npy
+from conftest import save_quickdraw_npy
+from wgan_dist.data.builtin import CATEGORIES, make_builtin, render_strokes
 
 
 def test_categories_sorted_and_enough() -> None:

@@ -122,6 +122,6 @@ def test_the_counter_sees_a_host_read(builtin_shards, tmp_path):
     args = tiny_overrides(builtin_shards, tmp_path / "run", **{
         "train.steps": 2, "train.fused_adam": False, "optim.n_critic": 2})
     (rec,) = _instrumented(tmp_path, args, 1)
-    ours = {k: v for k, v in rec["sync_sites"].items() if k.startswith("step.py:")}
+    ours = {k: v for k, v in rec["sync_sites"].items() if k.startswith("ddp.py:")}
     assert list(ours.values()) == [2 * (2 + 1)], rec["sync_sites"]
     assert rec["host_syncs"] >= 2 * (2 + 1)

@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO-1/2 (``train.backend=deepspeed``, training/zero.py), proven against DDP on
+"""DeepSpeed ZeRO-1/2 (``train.backend=deepspeed``, training/backends/deepspeed.py), proven against DDP on
 real gloo processes.
 
 1. 2 ranks x B/2 under ZeRO-1 and under ZeRO-2 == 2 ranks x B/2 under DDP == 1 rank x B: the

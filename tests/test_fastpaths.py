@@ -175,7 +175,7 @@ def _tar(path: Path, members: list[tuple[str, bytes]], fmt=tarfile.USTAR_FORMAT)
 
 
 def _both(urls: list[str]) -> tuple[list[dict], list[dict]]:
-    ours = list(data.read_tar()(iter({"url": u} for u in urls)))
+    ours = list(data.ReadTar()(iter({"url": u} for u in urls)))
     theirs = list(wds.tarfile_to_samples()(iter({"url": u} for u in urls)))
     return ours, theirs
 

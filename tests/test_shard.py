@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import save_quickdraw_npy
 from wgan_dist.data import builtin, sources
 from wgan_dist.data import write as shard
 from wgan_dist.data.format import decode_image
@@ -232,8 +233,8 @@ def test_celeba_centre_crop(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 def test_quickdraw_npy_both_names_and_bad_files(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
-    builtin.save_quickdraw_npy(a, 3, seed=5)
-    builtin.save_quickdraw_npy(b, 3, seed=5, prefix="full_numpy_bitmap_")
+    save_quickdraw_npy(a, 3, seed=5)
+    save_quickdraw_npy(b, 3, seed=5, prefix="full_numpy_bitmap_")
     # (N, 28, 28) uint8 and float bitmaps are valid layouts since the real-QuickDraw issue
     np.save(b / "bad_shape.npy", np.zeros((4, 28, 27), np.uint8))
     np.save(b / "bad_dtype.npy", np.zeros((4, 784), np.int32))

@@ -2,7 +2,7 @@
 
 Everything that depends on *which* process we are lives here: building the Accelerator (and
 refusing the silent single-process trap), seeds per rank and purpose, main-process-only
-writes, the TensorBoard writer that is a no-op off rank 0, and decisions that every rank must
+writes, null loggers off rank 0 (``NullWriter``), and decisions that every rank must
 take together (stop, skip a non-finite step).
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 
@@ -92,6 +93,20 @@ def generator_for(device: torch.device, root: int, *parts: Any) -> torch.Generat
     return g
 
 
+def own_generator(acc: Accelerator, device: torch.device, root: int, purpose: str,
+                  *parts: Any) -> torch.Generator:
+    """This rank's stream for (root, purpose, rank, *parts)."""
+    return generator_for(device, root, purpose, acc.process_index, *parts)
+
+
+def own_share(acc: Accelerator, n: int) -> tuple[slice, int]:
+    """This rank's contiguous share of ``n`` items, and the share's size: ceil(n / world),
+    rank r taking [r * size, (r + 1) * size), so gathered in rank order the items come back in
+    index order, whatever the number of processes (the last share is padded past ``n``)."""
+    per = -(-n // acc.num_processes)
+    return slice(acc.process_index * per, (acc.process_index + 1) * per), per
+
+
 def all_ranks_agree(acc: Accelerator, flag: bool, op: str = "any") -> bool:
     """Reduce a boolean over ranks so every rank takes the same decision ("any" or "all")."""
     if acc.num_processes == 1:
@@ -99,13 +114,6 @@ def all_ranks_agree(acc: Accelerator, flag: bool, op: str = "any") -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=acc.device)
     t = acc.reduce(t, reduction="sum")
     return bool(t.item() > 0) if op == "any" else bool(t.item() == acc.num_processes)
-
-
-def host_flag(t: torch.Tensor) -> torch.Tensor:
-    """Mark a host-memory control tensor: reading it is not a device sync (the benchmarks'
-    host-read counter, ``training.instrument``, leaves it out)."""
-    t._wgan_host_flag = True
-    return t
 
 
 class StopVote:
@@ -134,17 +142,20 @@ class StopVote:
         import torch.distributed as dist
 
         result = self._collect()
-        t = host_flag(torch.tensor([1.0 if flag else 0.0]))
-        self.pending = (t, dist.all_reduce(t, group=self.group, async_op=True))
+        # A NumPy buffer seen as a tensor: gloo reduces into it in place, and the result is
+        # read from the buffer without any tensor read (host memory: never a device sync).
+        box = np.array([1.0 if flag else 0.0], dtype=np.float32)
+        t = torch.from_numpy(box)
+        self.pending = (box, t, dist.all_reduce(t, group=self.group, async_op=True))
         return result
 
     def _collect(self) -> bool:
         if self.pending is None:
             return False
-        t, work = self.pending
+        box, _, work = self.pending
         work.wait()
         self.pending = None
-        return bool(t.numpy()[0] > 0)  # host memory: not a device read
+        return bool(box[0] > 0)
 
     def close(self) -> bool:
         """Finish a vote still in flight (every rank calls it at the end of its loop)."""
@@ -167,14 +178,6 @@ class NullWriter:
 
     def __getattr__(self, name: str):
         return lambda *args, **kwargs: None
-
-
-def make_writer(acc: Accelerator, log_dir: Path):
-    if not acc.is_main_process:
-        return NullWriter()
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(log_dir=str(log_dir))
 
 
 def main_print(acc: Accelerator, *args: Any) -> None:

@@ -18,7 +18,6 @@ order (which is alphabetical, so label ``i`` is also ``sorted(CATEGORIES)[i]``).
 """
 from __future__ import annotations
 
-import os
 from typing import Callable, Sequence
 
 import numpy as np
@@ -309,20 +308,3 @@ def make_builtin(n_per_class: int, seed: int = 0, size: int = 28) -> tuple[np.nd
             images[c * n_per_class + i] = render_sample(c, i, seed, size)
     labels = np.repeat(np.arange(len(CATEGORIES), dtype=np.int64), n_per_class)
     return images, labels
-
-
-def save_quickdraw_npy(out_dir: str | os.PathLike, n_per_class: int, seed: int = 0,
-                       prefix: str = "") -> list[str]:
-    """Write ``<prefix><category>.npy`` (N, 784) uint8 per category, QuickDraw's bitmap form.
-
-    Use ``prefix="full_numpy_bitmap_"`` for the names of the downloadable files.
-    Returns the written paths.
-    """
-    os.makedirs(out_dir, exist_ok=True)
-    paths = []
-    for c, name in enumerate(CATEGORIES):
-        rows = np.stack([render_sample(c, i, seed, 28).reshape(784) for i in range(n_per_class)])
-        path = os.path.join(os.fspath(out_dir), f"{prefix}{name}.npy")
-        np.save(path, rows.astype(np.uint8))
-        paths.append(path)
-    return paths

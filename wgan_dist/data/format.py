@@ -162,6 +162,11 @@ _TAR_EXTENDED = frozenset(b"xgLKS")  # pax, GNU long-name and sparse headers: le
 _TAR_REGULAR = frozenset(b"0\x007")  # what tarfile counts as a regular file
 
 
+def is_local(url: str) -> bool:
+    """A plain file path, not a ``pipe:`` command or a ``scheme://`` URL."""
+    return "://" not in url and not url.startswith("pipe:")
+
+
 def scan_plain_tar(path: str) -> list[tuple[str, int, int]] | None:
     """(name, offset, size) of every regular member of an uncompressed ustar file, or None
     when the file needs the general reader (no ustar magic -- e.g. compressed --, pax or GNU
@@ -227,7 +232,7 @@ def _plain_tar_samples(url: str, members: list[tuple[str, int, int]]) -> Iterato
 def count_samples(url: str) -> int:
     """Samples in a shard, from its headers only (no member is read); webdataset's reader
     for tars the scanner leaves to it. A damaged tar raises with the shard named."""
-    members = scan_plain_tar(url) if "://" not in url and not url.startswith("pipe:") else None
+    members = scan_plain_tar(url) if is_local(url) else None
     if members is None:
         try:
             return sum(1 for _ in iter_samples(url, fast=False))
@@ -243,7 +248,7 @@ def survey(url: str, limit: int | None = None) -> tuple[int, list[int], dict | N
     """(samples, sorted distinct labels, the first sample) of a shard that has no manifest,
     reading only ``cls`` entries and the first sample (mmap scanner), or everything through
     webdataset for other tars (stopping after ``limit`` samples when given)."""
-    members = scan_plain_tar(url) if "://" not in url and not url.startswith("pipe:") else None
+    members = scan_plain_tar(url) if is_local(url) else None
     if members is None:
         n, labels, first = 0, set(), None
         for sample in iter_samples(url, fast=False):
@@ -286,7 +291,7 @@ def iter_samples(url: str, fast: bool = True) -> Iterator[dict]:
     ``fast``: scan local plain ustar files with mmap (see the module docstring); otherwise,
     or for anything else, webdataset's reader."""
     members = None
-    if fast and "://" not in url and not url.startswith("pipe:"):
+    if fast and is_local(url):
         try:
             members = scan_plain_tar(url)
         except (OSError, ValueError):  # unreadable or not a tar: let webdataset say why

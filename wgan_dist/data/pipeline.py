@@ -43,7 +43,7 @@ def _worker(rotate: int = 0) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
-class shard_stream:
+class ShardStream:
     """This rank's and worker's shards, resampled forever from a seeded RNG.
 
     Split by node, then by worker, when there are enough shards for every (rank, worker) to
@@ -69,7 +69,7 @@ class shard_stream:
 
 
 @dataclass(frozen=True)
-class read_tar:
+class ReadTar:
     """Shard URLs -> samples {"__key__", "__url__", "png" | "jpg" | "u8", "cls", ...}, read by
     ``format.iter_samples`` (``fast``: the mmap scanner for local plain tars).
 
@@ -97,7 +97,7 @@ class read_tar:
 
 
 @dataclass(frozen=True)
-class shuffle:
+class Shuffle:
     """A seeded shuffle buffer of ``bufsize`` samples."""
     bufsize: int
     seed: int
@@ -111,7 +111,7 @@ class shuffle:
 
 
 @dataclass(frozen=True)
-class draw_flips:
+class DrawFlips:
     """Decide each sample's flip *before* the resume skip, so the coin stream stays aligned."""
     enabled: bool
     seed: int
@@ -127,7 +127,7 @@ class draw_flips:
 
 
 @dataclass(frozen=True)
-class skip_consumed:
+class SkipConsumed:
     """On resume, drop the samples this worker already delivered (before decoding: cheap).
 
     A DataLoader takes batches from its workers round-robin, so of the first k batches worker
@@ -145,7 +145,7 @@ class skip_consumed:
 
 
 @dataclass(frozen=True)
-class decode_sample:
+class DecodeSample:
     """The image entry -> uint8 tensor (C, H, W) (flipped if drawn so), and the label."""
     resolution: int | None
     channels: int | None
@@ -249,12 +249,12 @@ def build_pipeline(urls: list[str], *, rank: int, world: int, seed: int, batch_s
     (else webdataset's, for the benchmark that justifies keeping ours)."""
     k = skip_batches
     return wds.DataPipeline(
-        shard_stream(urls, rank, world, seed, k),     # shards of this rank/worker, resampled
-        read_tar(fast_tar, expected),                 # tar entries -> {"__key__", "png", "cls"}
-        shuffle(shuffle_buffer, seed, rank, k),       # seeded shuffle buffer
-        draw_flips(hflip, seed, rank, k),             # flip coins, drawn before any skip
-        skip_consumed(skip_batches, batch_size),      # resume: drop what was already used
-        wds.map(decode_sample(resolution, channels)), # bytes -> uint8 (C, H, W)
+        ShardStream(urls, rank, world, seed, k),      # shards of this rank/worker, resampled
+        ReadTar(fast_tar, expected),                  # tar entries -> {"__key__", "png", "cls"}
+        Shuffle(shuffle_buffer, seed, rank, k),       # seeded shuffle buffer
+        DrawFlips(hflip, seed, rank, k),              # flip coins, drawn before any skip
+        SkipConsumed(skip_batches, batch_size),       # resume: drop what was already used
+        wds.map(DecodeSample(resolution, channels)),  # bytes -> uint8 (C, H, W)
         wds.batched(batch_size, collation_fn=collate, partial=False),  # full batches only
     ).with_epoch(batches_per_worker)                  # fixed length: equal steps on every rank
 

@@ -15,8 +15,8 @@ from typing import Callable
 import braceexpand
 
 from ..cache import builtin_dir, shards_cache
-from .format import (MANIFEST, DataError, check_shard, decode_image, image_entry, read_manifest,
-                     shard_paths, survey)
+from .format import (MANIFEST, DataError, check_shard, decode_image, image_entry, is_local,
+                     read_manifest, shard_paths, survey)
 
 
 @dataclass
@@ -72,7 +72,7 @@ def foreign_shards(urls: list[str], log: Callable[[str], None],
     what can be inferred is, and said. Classes come from the samples' ``cls`` entries (names
     from ``class_names``, else the label numbers), size and channels from the first image;
     ``pipe:`` and remote URLs are only looked at through their first shard."""
-    local = all("://" not in u and not u.startswith("pipe:") for u in urls)
+    local = all(is_local(u) for u in urls)
     total, labels, first = 0, set(), None
     for url in (urls if local else urls[:1]):
         n, found, sample = survey(url, limit=None if local else 2000)

@@ -86,19 +86,6 @@ def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return state
 
 
-def latest_verified(run_dir: Path) -> tuple[Path | None, list[str]]:
-    """The newest checkpoint that verifies (without loading it), and one line for each newer
-    one skipped."""
-    skipped = []
-    for path in reversed(list_checkpoints(run_dir)):
-        try:
-            verify(path)
-            return path, skipped
-        except CheckpointError as e:
-            skipped.append(str(e))
-    return None, skipped
-
-
 def newest_readable(run_dir: Path, map_location: str | torch.device = "cpu"
                     ) -> tuple[dict[str, Any] | None, list[str]]:
     """The newest checkpoint of a run that verifies, read (once), and one line for each newer

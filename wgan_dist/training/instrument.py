@@ -6,8 +6,8 @@ and writes them per rank to ``$WGAN_DIST_INSTRUMENT.rank<r>.json`` at the end.
 
 A host read is what makes the host wait for the device: ``.item()``, ``.tolist()``,
 ``.cpu()``, ``.numpy()``, ``bool()`` / ``float()`` / ``int()`` of a tensor, and ``.to()`` a
-CPU device (from another device). They are counted on every tensor except the ones marked ``host_flag`` (control
-flags that live in host memory by design, ``ranks.host_flag``: the stop vote's gloo tensor). On a CPU run
+CPU device (from another device). They are counted on every tensor (the stop vote reads its
+result from a NumPy buffer, never from a tensor: ``ranks.StopVote``). On a CPU run
 the device *is* the host, but the same code runs on a GPU, so a read counted here is a sync
 there.
 """
@@ -37,10 +37,10 @@ class SyncCounter:
 
         def wrap(name, real):
             def counted(t, *args, **kwargs):
-                if self.hot and not getattr(t, "_wgan_host_flag", False) and (
+                if self.hot and (
                         name != "to" or (t.device.type != "cpu" and _to_cpu(args, kwargs))):
                     self.count += 1
-                    frame = traceback.extract_stack(limit=3)[0]
+                    frame = traceback.extract_stack(limit=2)[0]  # the reader itself
                     key = f"{os.path.basename(frame.filename)}:{frame.lineno} {name}"
                     self.where[key] = self.where.get(key, 0) + 1
                 return real(t, *args, **kwargs)

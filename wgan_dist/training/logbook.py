@@ -17,7 +17,7 @@ from accelerate import Accelerator
 
 from ..config import Config
 from ..progress import heartbeat_seconds
-from ..ranks import append_line, main_print, reduce_mean
+from ..ranks import NullWriter, append_line, main_print, on_main, reduce_mean
 
 # Statistic -> TensorBoard tag; anything else goes under Other/.
 TAGS = {
@@ -31,6 +31,15 @@ TAGS = {
     "ac_fake": "Loss/ac_fake", "ac_generator": "Loss/ac_generator",
     "ac_accuracy": "Critic/ac_accuracy_real",
 }
+
+
+def make_writer(acc: Accelerator, log_dir: Path) -> Any:
+    """The run's TensorBoard writer on the main process, a no-op ``NullWriter`` elsewhere."""
+    def writer() -> Any:
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(log_dir=str(log_dir))
+    return on_main(acc, writer) or NullWriter()
 
 
 def peak_memory_gb(device: torch.device) -> float:

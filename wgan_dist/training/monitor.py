@@ -81,7 +81,7 @@ class QualityMonitor:
         from its own batch and averaged, so every rank sees the same alarm state."""
         from ..metrics import diversity_stats
 
-        g = ranks.generator_for(torch.device("cpu"), self.cfg.train.seed, "diversity", self.acc.process_index, step)
+        g = ranks.own_generator(self.acc, torch.device("cpu"), self.cfg.train.seed, "diversity", step)
         z = torch.randn(real.shape[0], self.cfg.model.latent_dim, generator=g).to(real.device)
         buffers = {k: v.clone() for k, v in generator.named_buffers()}
         fake = generator(z).float()
@@ -129,12 +129,11 @@ class QualityMonitor:
         in turn: sample i is class i mod K). Rank r makes a contiguous slice; gathered in index
         order, so the set is the same on 1 or N processes (sample i always comes from latent
         i and label i)."""
-        world, rank = self.acc.num_processes, self.acc.process_index
-        per = -(-num // world)
-        z = torch.randn(per * world, self.cfg.model.latent_dim,
+        mine, per = ranks.own_share(self.acc, num)
+        padded = per * self.acc.num_processes
+        z = torch.randn(padded, self.cfg.model.latent_dim,
                         generator=ranks.generator_for(torch.device("cpu"), self.cfg.train.seed, seed_tag))
-        y = classes_in_turn(per * world, self.cfg.model.num_classes if self.cfg.model.conditional else 0)
-        mine = slice(rank * per, (rank + 1) * per)
+        y = classes_in_turn(padded, self.cfg.model.num_classes if self.cfg.model.conditional else 0)
         z_mine = z[mine].to(self.acc.device)
         y_mine = y[mine].to(self.acc.device) if y is not None else None
         fake = torch.cat([generator(z_mine[i:i + 256], None if y_mine is None else y_mine[i:i + 256]).float()

@@ -27,7 +27,7 @@ from .backends import Accumulated
 from .draws import Draws
 from .ema import ema_beta
 from .instrument import Instruments
-from .logbook import Logbook, Plan, RunLog, plan_text
+from .logbook import Logbook, Plan, RunLog, make_writer, plan_text
 from .monitor import QualityMonitor, check_ready
 from .resume import Resume, resume_message
 from .samples import SampleGrid, write_gif
@@ -84,7 +84,7 @@ class Trainer:
                             overwrite and self.resume_from is None)
         ranks.write_text(self.acc, self.run_dir / "config.yaml", dump_yaml(cfg))
         self.runlog.open(self.run_dir)
-        self.writer = ranks.make_writer(self.acc, self.run_dir / "logs")
+        self.writer = make_writer(self.acc, self.run_dir / "logs")
         self.monitor = QualityMonitor(self.acc, cfg, self.writer, self.run_dir, shard_dir, say)
         self.logbook = Logbook(self.acc, self.writer, self.runlog, cfg.log.tick_every,
                                cfg.train.steps)
