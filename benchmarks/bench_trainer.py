@@ -39,7 +39,7 @@ from _common import (OUT_DIR, column, cpu_seconds, interleave, median, paired_ra
 import torch  # noqa: E402
 
 from wgan_dist.data import pipeline as data  # noqa: E402
-from wgan_dist.config import load_config  # noqa: E402
+from wgan_dist.config import load_config, updated  # noqa: E402
 from wgan_dist.nets import build_models  # noqa: E402
 
 
@@ -114,7 +114,7 @@ class Clock:
         setattr(obj, attr, timed)
 
     def wrap_batches(self, trainer) -> None:
-        make = trainer.make_batches
+        make = trainer.inputs.batches
 
         def make_batches(skip: int, count: int):
             gen = make(skip, count)
@@ -127,7 +127,7 @@ class Clock:
                 finally:
                     self.seconds["data wait"] += time.perf_counter() - t0
                 yield item
-        trainer.make_batches = make_batches
+        trainer.inputs.batches = make_batches
 
     def reset(self) -> None:
         self.seconds.clear()
@@ -143,7 +143,7 @@ def instrument(trainer) -> Clock:
         clock.wrap(trainer.draws, attr, name)
     for attr, name in [("add", "stat accumulation"), ("tick", "tick: reduce + log")]:
         clock.wrap(trainer.logbook, attr, name)
-    clock.wrap(trainer.steps, "found_inf", "non-finite check")
+    clock.wrap(trainer.backend, "_found_inf", "non-finite check")
     clock.wrap(trainer.ema, "update", "EMA update")
     for attr, name in [("check_diversity", "tick: diversity check"),
                        ("gp_visuals", "sample: penalty visuals"), ("evaluate", "end: evaluation")]:
@@ -152,7 +152,7 @@ def instrument(trainer) -> Clock:
 
 
 def preloaded(trainer, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    batches = list(itertools.islice(trainer.make_batches(skip=0, count=count), count))
+    batches = list(itertools.islice(trainer.inputs.batches(skip=0, count=count), count))
     return batches
 
 
@@ -249,7 +249,7 @@ def bench_penalty(repeats: int, iters: int, width: int) -> dict:
     z, alpha = torch.randn(b, latent, device=dev), torch.rand(b, device=dev)
 
     def critic_steps(gp: float) -> dict:
-        cfg.loss.gp_weight = gp
+        trainer.cfg = updated(cfg, {"loss": {"gp_weight": gp}})  # the run's config is frozen
         trainer.critic_step(real, z, alpha)  # warm-up
         sync(dev)
         c0, t0 = time.process_time(), time.perf_counter()

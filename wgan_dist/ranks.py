@@ -24,16 +24,26 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def make_accelerator(mixed_precision: str = "no", kwargs_handlers: Sequence[Any] = ()) -> Accelerator:
+def make_accelerator(mixed_precision: str = "no", kwargs_handlers: Sequence[Any] = (),
+                     timeout: float | None = None) -> Accelerator:
     """An Accelerator that really is the process group the launcher started.
 
     On a machine without CUDA a plain ``Accelerator()`` under torchrun reports one process in
     every rank: N silent, independent jobs (FIELD-NOTES). ``cpu=True`` gives a real gloo group.
     We check the result against WORLD_SIZE, so the trap cannot come back unnoticed.
-    ``kwargs_handlers``: the backend's settings (DDP's buckets, the GradScaler's).
+    ``kwargs_handlers``: the backend's settings (DDP's buckets, the GradScaler's);
+    ``timeout``: seconds a collective waits for the other ranks (train.collective_timeout;
+    gloo's and NCCL's own defaults are tens of minutes).
     """
+    from datetime import timedelta
+
+    from accelerate.utils import InitProcessGroupKwargs
+
+    handlers = list(kwargs_handlers)
+    if timeout is not None:
+        handlers.append(InitProcessGroupKwargs(timeout=timedelta(seconds=timeout)))
     cpu = not torch.cuda.is_available()
-    acc = Accelerator(cpu=cpu, mixed_precision=mixed_precision, kwargs_handlers=list(kwargs_handlers))
+    acc = Accelerator(cpu=cpu, mixed_precision=mixed_precision, kwargs_handlers=handlers)
     expected = launched_world_size()
     if acc.num_processes != expected:
         raise RuntimeError(
@@ -91,6 +101,23 @@ def generator_for(device: torch.device, root: int, *parts: Any) -> torch.Generat
     g = torch.Generator(device=device)
     g.manual_seed(seed_for(root, *parts))
     return g
+
+
+# What a collective that found no partner says (gloo: a recv that timed out, a peer's socket
+# closed; NCCL: its watchdog's timeout).
+_COLLECTIVE_FAILURES = ("Timed out waiting", "timeout caused pair closure", "Connection closed by peer",
+                        "Connection reset by peer", "collective operation timeout",
+                        "NCCL communicator was aborted")
+
+
+def collective_failure(exc: BaseException) -> str | None:
+    """The backend's own words when ``exc`` is a collective that got no answer from another
+    rank (its first line, without the source location), else None."""
+    text = str(exc)
+    if not any(k in text for k in _COLLECTIVE_FAILURES):
+        return None
+    line = text.strip().splitlines()[0]
+    return line.split("] ", 1)[1] if line.startswith("[") and "] " in line else line
 
 
 def own_generator(acc: Accelerator, device: torch.device, root: int, purpose: str,

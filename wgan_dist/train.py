@@ -73,18 +73,25 @@ def default_preset(overrides: list[str]) -> str | None:
     return None if any(o.startswith("data.shards=") for o in overrides) else "default"
 
 
-def build_config(args: argparse.Namespace, log=None):
+def build_config(args: argparse.Namespace, log=None, hold=None):
     """(the config to run, the checkpoint to continue from or None): preset + overrides; with
     --resume, the run's own config from its checkpoint (read once) with the explicit
-    overrides on top (``training.resume``)."""
+    overrides on top (``training.resume``). ``hold(run_dir)`` is called with the run dir
+    before any checkpoint in it is read (the run-dir lock)."""
     overrides = explicit_overrides(args)
+    hold = hold or (lambda run_dir: None)
     if args.resume is None:
-        return load_config(args.config or default_preset(overrides), overrides), None
+        cfg = load_config(args.config or default_preset(overrides), overrides)
+        hold(cfg.run_dir)
+        return cfg, None
     cfg = load_config(args.config, overrides)
-    from .training.resume import config_for_resume
+    from .training.resume import config_for_resume, target_run_dir
 
+    run_dir = target_run_dir(cfg, args.resume, overrides)
+    hold(run_dir)
     preset = load_config(args.config, []) if args.config else None
-    return config_for_resume(cfg, preset, overrides, args.resume, log=log or _main_print)
+    return config_for_resume(cfg, preset, overrides, args.resume, log=log or _main_print,
+                             run_dir=run_dir)
 
 
 def _main_print(text: str) -> None:
@@ -110,20 +117,40 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # With --dry-run stdout is the YAML alone; notes go to stderr.
     log = (lambda m: print(m, file=sys.stderr)) if args.dry_run else None
+    locks = []
+
+    def hold(run_dir) -> None:
+        """One run per directory: the main process holds it from before any checkpoint is
+        read until it exits (training.rundir)."""
+        from .ranks import launched_rank
+        from .training.rundir import RunLock
+
+        if not args.dry_run and launched_rank() == 0:
+            locks.append(RunLock(run_dir, say=log or _main_print).acquire())
     try:
-        cfg, resume = build_config(args, log=log)
-        if args.dry_run:
-            return dry_run(cfg, log)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return exits.REFUSED
+        try:
+            cfg, resume = build_config(args, log=log, hold=hold)
+            if args.dry_run:
+                return dry_run(cfg, log)
+        except ConfigError as e:
+            print(f"config error: {e}", file=sys.stderr)
+            return exits.REFUSED
+        return train(cfg, resume or args.resume, args.overwrite)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def train(cfg, resume, overwrite: bool) -> int:
     from .training.trainer import Trainer  # heavy imports only when training
 
-    trainer = Trainer(cfg, resume=resume or args.resume, overwrite=args.overwrite)
+    trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
     try:
         trainer.train()
-    finally:
-        trainer.close()
+    except BaseException:
+        trainer.close(failed=True)
+        raise
+    trainer.close()
     if trainer.stopped:
         return exits.STOPPED
     print_where(trainer)

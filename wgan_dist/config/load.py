@@ -154,5 +154,15 @@ def thawed(cfg: Config) -> Config:
     return config_from_dict(to_dict(cfg))
 
 
+def updated(cfg: Config, values: dict[str, Any]) -> Config:
+    """A copy of ``cfg`` with ``values`` (a nested dict) applied, validated, and frozen like it."""
+    from .schema import freeze, is_frozen
+
+    out = thawed(cfg)
+    apply_values(out, values)
+    validate(out)
+    return freeze(out) if is_frozen(cfg) else out
+
+
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -171,6 +171,10 @@ class TrainConfig(Frozen):
     threads: int = 0
     """torch intra-op threads per process; 0: $OMP_NUM_THREADS if set, else this process's
     share of the cores minus its loader workers."""
+    collective_timeout: float = 300.0
+    """Seconds a process waits in a collective (all-reduce, barrier) for the other ranks before
+    the job ends with one line naming the rank and the collective (exit 1), so that the
+    launcher can restart it: a stopped, hung or lost rank must not hang everyone."""
     stop_grace: float = 120.0
     """Seconds a run may take to checkpoint and exit after a stop signal before it is ended
     without one (a second signal ends it at once)."""

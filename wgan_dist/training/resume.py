@@ -74,6 +74,40 @@ def open_resume(run_dir: Path, resume: str, log: Callable[[str], None]) -> Resum
     return Resume.of(ckpt.find_resume(run_dir, resume, False, log))
 
 
+def file_run_dir(path: Path) -> Path | None:
+    """The run a checkpoint file belongs to (``RUN/checkpoints/step-N.pt``), if it is in one."""
+    path = Path(path)
+    if path.is_dir():
+        return path.parent if path.name == "checkpoints" else path
+    return path.parent.parent if path.parent.name == "checkpoints" else None
+
+
+def target_run_dir(given: Config, resume: str, explicit: list[str]) -> Path:
+    """Where a resumed run continues: the run dir given explicitly (``--run-dir`` /
+    ``log.run_dir=``), else the run the checkpoint named by ``--resume PATH`` belongs to, else
+    the config's run dir."""
+    if any(o.split("=", 1)[0].strip() == "log.run_dir" for o in explicit):
+        return given.run_dir
+    if resume not in ("latest", "auto"):
+        return file_run_dir(Path(resume)) or given.run_dir
+    return given.run_dir
+
+
+def _check_not_another_run(found: Resume, run_dir: Path) -> None:
+    """A checkpoint resumed into a run dir that is not its own: that dir must hold no
+    checkpoints, or rotation would delete another run's."""
+    own = file_run_dir(found.path)
+    if own is not None and own.resolve() == Path(run_dir).resolve():
+        return
+    theirs = ckpt.list_checkpoints(run_dir)
+    home = own or "the checkpoint's own run dir"
+    if theirs:
+        raise ConfigError(f"cannot resume {found.path} into {run_dir}: it holds checkpoints of "
+                          f"another run (newest {theirs[-1].name}), which this run's rotation would "
+                          f"delete; resume into {home} or an empty "
+                          f"log.run_dir")
+
+
 def _machine_defaults(cfg: Config, state: dict[str, Any], typed: set[str]) -> None:
     """Settings the run chose for its machine (``settle.MACHINE``) are chosen again here,
     unless the command line gives them."""
@@ -85,22 +119,25 @@ def _machine_defaults(cfg: Config, state: dict[str, Any], typed: set[str]) -> No
 
 
 def config_for_resume(given: Config, preset: Config | None, explicit: list[str], resume: str,
-                      log: Callable[[str], None] = print) -> tuple[Config, Resume | None]:
+                      log: Callable[[str], None] = print,
+                      run_dir: Path | None = None) -> tuple[Config, Resume | None]:
     """The config a resumed run continues with (``given`` when there is nothing to resume), and
     the checkpoint it continues from, read once.
 
     ``given``: preset + explicit overrides, as a fresh start would use (it names the run dir);
     ``preset``: the preset alone, when one was given; ``explicit``: the dotted overrides the
-    user typed (flags included)."""
-    found = open_resume(given.run_dir, resume, log)
+    user typed (flags included); ``run_dir``: where the run continues (``target_run_dir``)."""
+    run_dir = Path(run_dir or target_run_dir(given, resume, explicit))
+    found = open_resume(run_dir, resume, log)
     if found is None:
         return given, None  # --resume auto on a run with no checkpoint: a fresh start
+    _check_not_another_run(found, run_dir)
     run = found.config
     cfg = copy.deepcopy(run)
     typed = set(_flat(parse_overrides(explicit)))
     _machine_defaults(cfg, found.state, typed)
     apply_values(cfg, parse_overrides(explicit))
-    cfg.log.run_dir = str(given.run_dir)  # where it was found is where it continues
+    cfg.log.run_dir = str(run_dir)
     validate(cfg)
     bad = frozen_differences(run, cfg)
     if preset is not None:

@@ -16,8 +16,6 @@ import torch
 
 from .. import ranks
 from ..config import Config, dump_yaml, freeze, thawed, to_dict, validate
-from ..data import pipeline
-from ..data.shardset import check_shape, resolve_shards
 from ..nets import count_params
 from ..nets.augment import DiffAugment
 from ..objective import critic_phase, generator_phase
@@ -26,6 +24,7 @@ from . import checkpoint as ckpt
 from .backends import Accumulated
 from .draws import Draws
 from .ema import ema_beta
+from .inputs import Inputs
 from .instrument import Instruments
 from .logbook import Logbook, Plan, RunLog, make_writer, plan_text
 from .monitor import QualityMonitor, check_ready
@@ -33,6 +32,10 @@ from .resume import Resume, resume_message
 from .samples import SampleGrid, write_gif
 from .settle import settle_classes, settle_threads
 from .signals import StopSignals
+
+
+class CollectiveTimeout(RuntimeError):
+    """Another rank did not answer a collective in time (a stopped, hung or dead rank): exit 1."""
 
 
 def _sl(t: torch.Tensor | None, sl: slice) -> torch.Tensor | None:
@@ -59,7 +62,10 @@ class Trainer:
         self.cfg, self.run_dir = cfg, cfg.run_dir
         self.resume_from = resume if isinstance(resume, Resume) else Resume.of(
             ckpt.find_resume(self.run_dir, resume, overwrite, log=say))
-        self._setup_data()  # model.num_classes from the shards
+        self.inputs = Inputs(self.acc, cfg, say)
+        self.shards, self.batch = self.inputs.shards, self.inputs.batch
+        self.num_classes = settle_classes(cfg, self.shards.class_names,
+                                          self.shards.manifest_path or cfg.data.shards)
         validate(cfg)
         freeze(cfg)
         # --- build
@@ -72,6 +78,7 @@ class Trainer:
         self.draws = Draws(cfg.train.seed, self.rank, self.device, self.batch,
                            cfg.model.latent_dim, self.num_classes, augment, cfg.data.resolution)
         self.step, self.nimg, self.stopped = 0, 0, False
+        self.where = "start-up"  # what the loop is doing, for a collective that times out
         if self.resume_from is not None:
             self._load(self.resume_from)
         manifest = self.shards.manifest_path
@@ -91,37 +98,6 @@ class Trainer:
         self.grid = SampleGrid(cfg.log.grid_size, cfg.model.latent_dim, self.num_classes,
                                cfg.train.seed, self.device)
         self.signals = StopSignals(self.rank, cfg.train.stop_grace)
-
-    # ------------------------------------------------------------------ setup
-    def _setup_data(self) -> None:
-        cfg = self.cfg
-        if cfg.train.batch_size % self.world:
-            raise ValueError(f"train.batch_size={cfg.train.batch_size} is the global batch and "
-                             f"must divide by the {self.world} processes")
-        self.batch = cfg.train.batch_size // self.world
-        # Only the main process writes shards (built-in set, -d folders); the others wait.
-        with self.acc.main_process_first():
-            self.shards = resolve_shards(
-                cfg.data.shards, cfg.data.resolution, cfg.data.channels, cfg.data.cache_dir,
-                cfg.data.builtin_per_class, cfg.train.seed,
-                log=self.runlog.say,
-                class_names=[c.strip() for c in cfg.data.class_names.split(",") if c.strip()])
-        check_shape(self.shards, cfg.data.resolution, cfg.data.channels)
-        self.shards.check()  # on every rank (headers only), so every rank stops alike
-        self.num_classes = settle_classes(cfg, self.shards.class_names,
-                                          self.shards.manifest_path or cfg.data.shards)
-
-    def make_batches(self, skip: int, count: int) -> pipeline.Taken:
-        """``count`` batches, the first ``skip`` of the run's stream already consumed; its
-        ``close()`` shuts the loader's workers down."""
-        cfg = self.cfg
-        loader = pipeline.make_loader(
-            self.shards.urls, rank=self.rank, world=self.world, seed=cfg.train.seed,
-            batch_size=self.batch, resolution=cfg.data.resolution, channels=cfg.data.channels,
-            num_batches=count, workers=cfg.data.workers, shuffle_buffer=cfg.data.shuffle_buffer,
-            hflip=cfg.data.hflip, skip_batches=skip, pin_memory=self.device.type == "cuda",
-            expected=self.shards.expected)
-        return loader.take(count)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -189,12 +165,6 @@ class Trainer:
         backend.step(G, total.loss, total.stats)
         return total.stats
 
-    def _real_batch(self, batches: Iterator) -> tuple[torch.Tensor, torch.Tensor | None]:
-        fmt = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
-        images, labels = next(batches)
-        real = pipeline.to_model_range(images.to(self.device, non_blocking=True), fmt)
-        return real, labels.to(self.device, non_blocking=True) if self.num_classes else None
-
     # ------------------------------------------------------------------ loop
     def train(self) -> dict[str, float]:
         """Run to train.steps, or until a stop signal (then ``self.stopped``: checkpointed)."""
@@ -209,9 +179,17 @@ class Trainer:
                     self.acc, self.monitor.has_result, self.step)):
                 return self.monitor.evaluate(self.ema.model, self.step, self.nimg)
             return {}
-        batches = self.make_batches(skip=self.step * n_critic, count=remaining * n_critic)
+        batches = self.inputs.batches(skip=self.step * n_critic, count=remaining * n_critic)
         try:
             return self._loop(batches)
+        except RuntimeError as e:
+            what = ranks.collective_failure(e)
+            if what is None:
+                raise
+            raise CollectiveTimeout(
+                f"rank {self.rank}: {self.where} at step {self.step} got no answer from another "
+                f"rank within train.collective_timeout={cfg.train.collective_timeout:g}s ({what}); "
+                f"ending so that the launcher can restart the job") from None
         finally:
             batches.close()  # the loader's workers go now, whatever happened
 
@@ -223,14 +201,17 @@ class Trainer:
         inst = self.instruments
         while self.step < cfg.train.steps:
             # --- n_critic critic phases, then one generator phase, then the EMA; no host read
+            self.where = "the critic step's gradient all-reduce"
             with inst.phase("critic"):
                 for i in range(n_critic):
-                    real, y_real = self._real_batch(batches)
+                    real, y_real = self.inputs.next(batches, bool(self.num_classes))
                     log.add(self.critic_step(real, y_real=y_real, **self.draws.critic(self.step, i)),
                             1.0 / n_critic)
+            self.where = "the generator step's gradient all-reduce"
             with inst.phase("generator"):
                 g_draws = self.draws.generator(self.step)
                 log.add(self.generator_step(**g_draws), 1.0)
+            self.where = "the stop vote"
             with inst.phase("step"):
                 self.step += 1
                 self.nimg += batch * n_critic
@@ -241,6 +222,7 @@ class Trainer:
             done = self.step == cfg.train.steps
             log.beat(self.step, self.nimg)
             if self.step % cfg.log.tick_every == 0 or done:
+                self.where = "the tick's statistics all-reduce"
                 last = log.tick(self.step, self.nimg, self._lrs(), self.device)
                 last.update(self.monitor.check_diversity(self.G.raw, self.D.raw, real, self.step))
             if self.step % cfg.log.sample_every == 0 or done:
@@ -251,11 +233,13 @@ class Trainer:
             # --- the checkpoint before the evaluation, which may fail (a resumed run then
             # evaluates instead of replaying the end)
             if self.step % cfg.log.ckpt_every == 0 or done or self.stopped:
+                self.where = "the checkpoint's gather and barrier"
                 path = self.save()
                 if self.stopped:
                     self.runlog.say(f"stop requested: saved {path} at step {self.step}")
                     break
             if (cfg.eval.every and self.step % cfg.eval.every == 0) or done:
+                self.where = "the evaluation's gather"
                 last.update(self.monitor.evaluate(self.ema.model, self.step, self.nimg))
             inst.step_done()
         self.vote.close()  # every rank finishes the vote in flight
@@ -281,9 +265,13 @@ class Trainer:
             self.threads_why, self.batch, remaining, (count_params(self.G.raw), count_params(self.D.raw)),
             augment.policy if augment else ()))
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Release what the run holds. ``failed``: after an error, with no collective (a rank
+        may be gone; a barrier here would wait for it until the timeout, hiding the error)."""
         self.signals.uninstall()
         self.instruments.close()
         self.writer.close()
+        if failed:
+            return
         ranks.main_then_all(self.acc, write_gif, self.run_dir / "samples")
         self.acc.end_training()

@@ -45,7 +45,7 @@ def accelerator(cfg: Config) -> Accelerator:
     # the first steps would always overflow. 2**10 leaves room and grows as usual.
     scaler = GradScalerKwargs(init_scale=2.0**10)
     # ranks.make_accelerator looked up at call time: a test installs CPU fp16 machinery there.
-    return ranks.make_accelerator(t.mixed_precision, [ddp, scaler])
+    return ranks.make_accelerator(t.mixed_precision, [ddp, scaler], t.collective_timeout)
 
 
 class DDPBackend:

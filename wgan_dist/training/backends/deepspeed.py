@@ -297,7 +297,7 @@ def _one_process_without_launcher() -> None:
                       MASTER_PORT=str(port))
 
 
-def accelerator() -> Accelerator:
+def accelerator(cfg: Config) -> Accelerator:
     """The plain process group the engines run on, without autocast (the engines do the
     precision and the gradient reduction). An Accelerate DeepSpeed launch sets
     ACCELERATE_USE_DEEPSPEED; it is hidden while the Accelerator is built, so that it forms the
@@ -305,7 +305,7 @@ def accelerator() -> Accelerator:
     group (docs/deepspeed.md)."""
     launched = os.environ.pop(LAUNCH_ENV, None)
     try:
-        acc = ranks.make_accelerator("no")
+        acc = ranks.make_accelerator("no", timeout=cfg.train.collective_timeout)
     finally:
         if launched is not None:
             os.environ[LAUNCH_ENV] = launched
@@ -321,7 +321,7 @@ class ZeroBackend:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.acc = accelerator()
+        self.acc = accelerator(cfg)
         self.fused_adam = False
 
     def build(self, cfg: Config, say: Callable[[str], None]) -> tuple[Network, Network, EMA]:
