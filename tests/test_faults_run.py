@@ -184,3 +184,129 @@ def test_a_stopped_rank_ends_the_job_in_bounded_time(builtin_shards, tmp_path):
     line = [x for x in out.splitlines() if "CollectiveTimeout" in x]
     assert line and "rank 0:" in line[0] and "train.collective_timeout=8s" in line[0], out[-4000:]
     assert "Traceback" not in out.split(line[0])[0][-2000:]
+
+
+# ------------------------------------------------------------------------------ 6. divergence
+def _spiked(builtin_shards: Path, run: Path, spike: str, log: Path, **extra) -> tuple[int, str]:
+    args = tiny_overrides(builtin_shards, run, **{"train.steps": 30, "log.tick_every": 2,
+                                                  "log.ckpt_every": 4, "log.keep_checkpoints": 2,
+                                                  "log.sample_every": 1000, **extra})
+    e = env()
+    e["WGAN_DIST_FAULT_LR_SPIKE"] = spike
+    proc = subprocess.Popen([PY, "-m", "wgan_dist.train", *args], cwd=REPO, env=e,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    return finish(proc, log, timeout=240)
+
+
+def test_a_run_made_to_diverge_rolls_back_and_ends_finite(builtin_shards, tmp_path):
+    run = tmp_path / "run"
+    code, out = _spiked(builtin_shards, run, "10:1e12", tmp_path / "a.log")
+    assert code == 0, out[-3000:]
+    assert "fault injected: learning rates x1e+12 at step 10" in out
+    assert "WARNING step 14: diverged:" in out, out[-3000:]
+    assert ("rolled back from step 14 to step-00000008.pt (step 8): learning rates halved to "
+            "G 5e-05, D 5e-05, noise stream 1; rollback 1 of 3") in out, out[-3000:]
+    state = ckpt.load_checkpoint(run)
+    assert state["step"] == 30 and state["rollbacks"] == 1 and state["healthy"]
+    for net in ("G", "D", "G_ema"):
+        assert all(torch.isfinite(v).all() for v in state[net].values() if v.is_floating_point())
+    assert state["opt_D"]["param_groups"][0]["lr"] == 5e-5
+    last = [x for x in out.splitlines() if x.startswith("step     30/")][0]
+    assert "nan" not in last and "inf" not in last
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "logs")).Reload()
+    assert [e.value for e in events.Scalars("Events/rollbacks")] == [1.0]
+    # a resumed run keeps its rollbacks: the halved rates and its noise stream
+    code, out = finish(start(["--run-dir", str(run), "--resume", "train.steps=32"],
+                             tmp_path / "b.log"), tmp_path / "b.log")
+    assert code == 0, out[-3000:]
+    assert ckpt.load_checkpoint(run)["opt_G"]["param_groups"][0]["lr"] == 5e-5
+
+
+def test_divergence_stops_with_one_line_keeping_the_healthy_checkpoint(builtin_shards, tmp_path):
+    for name, spike, extra, why, healthy in (
+            ("stop", "10:1e12", {"train.on_divergence": "stop"}, "train.on_divergence=stop", 8),
+            ("limit", "10:1e12,16:1e12", {"train.max_rollbacks": 1},
+             "1 rollback(s) already (train.max_rollbacks=1)", 16)):
+        run = tmp_path / name
+        code, out = _spiked(builtin_shards, run, spike, tmp_path / f"{name}.log", **extra)
+        assert code == 1, out[-3000:]
+        (line,) = error_lines(out)
+        assert line.startswith("error: Diverged: step ") and why in line, line
+        path = run / "checkpoints" / f"step-{healthy:08d}.pt"
+        assert f"the newest healthy checkpoint is {path}" in line
+        state = ckpt.load_checkpoint(path)
+        assert state["healthy"] and state["step"] == healthy
+
+
+def test_a_run_diverged_from_the_start_says_so_and_stops(builtin_shards, tmp_path):
+    """optim.lr_d=1e30: every critic step is skipped; the run used to go on with nan in its
+    tick lines (and then crash in TensorBoard's histogram before its final checkpoint)."""
+    run = tmp_path / "run"
+    code, out = finish(start(tiny_overrides(builtin_shards, run, **{
+        "optim.lr_d": 1e30, "train.steps": 20, "log.tick_every": 2, "log.sample_every": 1000}),
+        tmp_path / "a.log"), tmp_path / "a.log")
+    assert code == 1, out[-3000:]
+    (line,) = error_lines(out)
+    assert "skipped as non-finite" in line and "no healthy checkpoint to go back to" in line
+
+
+def test_a_collapse_induced_on_the_toy_is_rolled_back(tmp_path):
+    """The same guard on the toy benchmark: a total collapse induced at step 600 stays collapsed
+    without it (0 of 8 modes) and is rolled back with it (all 8 modes at the end)."""
+    from wgan_dist.toybench.run import run_toy
+
+    plain = run_toy("ring", 0, 1500, reject=0, collapse_at=600)
+    rescued = run_toy("ring", 0, 1500, reject=0, collapse_at=600, rescue_every=50)
+    assert plain["modes"] <= 1 and plain["rescue"] == {}
+    assert rescued["modes"] == 8 and rescued["rescue"]["rollbacks"] == 1, rescued["rescue"]
+    (event,) = rescued["rescue"]["events"]
+    assert event.startswith("step 700: collapsed: the mode-collapse alarm fired at 2 checks")
+    assert "rolled back to step 600, learning rates x0.5, noise stream 1" in event
+    r = subprocess.run([PY, "-m", "wgan_dist.toy", "--dataset", "ring", "--seed", "0", "--steps",
+                        "1500", "--reject", "0", "--collapse-at", "600", "--rescue-every", "50",
+                        "--out", str(tmp_path)], cwd=REPO, env=env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and "ring seed 0: step 700: collapsed" in r.stdout, r.stderr[-2000:]
+
+
+def test_a_read_only_run_dir_is_one_line(builtin_shards, tmp_path):
+    """A run dir on a read-only mount (as root a plain chmod does not stop a write)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a read-only bind mount (CI runs as root)")
+    run = tmp_path / "run"
+    run.mkdir()
+    subprocess.run(["mount", "--bind", str(run), str(run)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(run)], check=True)
+        code, out = finish(start(tiny_overrides(builtin_shards, run, **{"train.steps": 2}),
+                                 tmp_path / "a.log"), tmp_path / "a.log")
+    finally:
+        subprocess.run(["umount", str(run)], check=True)
+    assert code == 2, out[-3000:]
+    (line,) = error_lines(out)
+    assert f"{run}: the run directory cannot be written (Read-only file system)" in line
+    assert "Traceback" not in out
+
+
+def test_a_conditional_resume_on_other_classes_is_refused(builtin_shards, tmp_path):
+    """The same number of classes under other names (and a different number) used to pass
+    silently, the checkpoint's names put on the new set's labels."""
+    import shutil
+
+    run, other = tmp_path / "run", tmp_path / "renamed"
+    shutil.copytree(builtin_shards, other)
+    m = json.loads((other / "manifest.json").read_text())
+    m["class_names"] = [f"class{i}" for i in range(len(m["class_names"]))]
+    m["per_class"] = {n: c for n, c in zip(m["class_names"], m["per_class"].values())}
+    (other / "manifest.json").write_text(json.dumps(m))
+    code, out = finish(start(tiny_overrides(builtin_shards, run, **{
+        "model.conditional": True, "train.steps": 2}), tmp_path / "a.log"), tmp_path / "a.log")
+    assert code == 0, out[-3000:]
+    code, out = finish(start(["--run-dir", str(run), "--resume", "train.steps=4",
+                              f"data.shards={other}"], tmp_path / "b.log"), tmp_path / "b.log")
+    assert code == 2, out[-3000:]
+    (line,) = error_lines(out)
+    assert "the conditional model was trained on 8 classes (bicycle" in line
+    assert "these shards have 8 (class0, class1" in line

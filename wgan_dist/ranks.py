@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -118,6 +119,27 @@ def collective_failure(exc: BaseException) -> str | None:
         return None
     line = text.strip().splitlines()[0]
     return line.split("] ", 1)[1] if line.startswith("[") and "] " in line else line
+
+
+class CollectiveTimeout(RuntimeError):
+    """Another rank did not answer a collective in time (a stopped, hung or dead rank): exit 1."""
+
+
+@contextmanager
+def bounded_collectives(acc: Accelerator, timeout: float, where: Callable[[], str]) -> Iterator[None]:
+    """A collective that got no answer within ``timeout`` seconds (the process group's) becomes
+    one line naming this rank and ``where()`` -- what it was doing -- so that the job ends and
+    its launcher can restart it."""
+    try:
+        yield
+    except RuntimeError as e:
+        what = collective_failure(e)
+        if what is None:
+            raise
+        raise CollectiveTimeout(
+            f"rank {acc.process_index}: {where()} got no answer from another rank within "
+            f"train.collective_timeout={timeout:g}s ({what}); ending so that the launcher can "
+            f"restart the job") from None
 
 
 def own_generator(acc: Accelerator, device: torch.device, root: int, purpose: str,

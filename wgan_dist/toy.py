@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-comm", default="none", choices=("none", "fp32", "bf16", "fp16", "powersgd"),
                    help="train both networks through one-process DDP with this gradient "
                         "communication hook (train.grad_comm): its effect on quality")
+    p.add_argument("--rescue-every", type=int, default=0, metavar="N",
+                   help="the image trainer's divergence guard every N steps: a collapse or "
+                        "divergence rolls back to the last healthy snapshot (0: off)")
+    p.add_argument("--collapse-at", type=int, default=-1, metavar="STEP",
+                   help="induce a total mode collapse once, at this generator step (shows "
+                        "what --rescue-every does)")
     p.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     return p
 
@@ -69,9 +75,12 @@ def _cells(dataset: str, vals: dict[str, Any]) -> dict[str, str]:
 
 
 def _run_job(job: tuple) -> dict[str, Any]:
-    ds, seed, steps, out, loss, threads, reject, grad_comm = job
-    return run_toy(ds, seed, steps, out_dir=out, loss=loss, threads=threads, reject=reject,
-                   grad_comm=grad_comm)
+    ds, seed, steps, out, loss, threads, reject, grad_comm, rescue_every, collapse_at = job
+    result = run_toy(ds, seed, steps, out_dir=out, loss=loss, threads=threads, reject=reject,
+                     grad_comm=grad_comm, rescue_every=rescue_every, collapse_at=collapse_at)
+    for event in result["rescue"].get("events", []):
+        print(f"{ds} seed {seed}: {event}", flush=True)
+    return result
 
 
 def _results(jobs: list[tuple], processes: int) -> tuple[Iterator[dict], Any]:
@@ -122,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"{h:>16}" for h in ("modes|fake->real", "HQ %|real->fake", "reverse KL", "seconds")))
     results: dict[str, Any] = {"args": vars(args) | {"seeds": seeds}, "datasets": {},
                                "torch_threads_per_run": args.threads}
-    jobs = [(ds, seed, args.steps, args.out, args.loss, args.threads, args.reject, args.grad_comm)
+    jobs = [(ds, seed, args.steps, args.out, args.loss, args.threads, args.reject, args.grad_comm,
+             args.rescue_every, args.collapse_at)
             for ds in datasets for seed in seeds]
     done, pool = _results(jobs, args.jobs)
     for ds in datasets:

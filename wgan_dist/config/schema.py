@@ -175,6 +175,21 @@ class TrainConfig(Frozen):
     """Seconds a process waits in a collective (all-reduce, barrier) for the other ranks before
     the job ends with one line naming the rank and the collective (exit 1), so that the
     launcher can restart it: a stopped, hung or lost rank must not hang everyone."""
+    on_divergence: str = "rollback"
+    """What a run does when it diverges (train.divergence_ticks bad ticks in a row) or collapses
+    (train.collapse_rollback alarms in a row): rollback (to its newest healthy checkpoint, both
+    learning rates halved, a new noise stream; at most train.max_rollbacks times, then stop)
+    or stop (exit 1 at once). Either keeps the healthy checkpoint."""
+    max_rollbacks: int = 3
+    """Rollbacks a run may take before it stops with exit 1."""
+    divergence_ticks: int = 2
+    """Bad ticks in a row that make a divergence: at least half the steps skipped as non-finite,
+    or the Wasserstein estimate or penalty past train.divergence_bound."""
+    divergence_bound: float = 1.0e4
+    """|Wasserstein estimate|, |critic loss| or penalty above this is an explosion."""
+    collapse_rollback: int = 8
+    """Consecutive checks at which the mode-collapse alarm fired that count as a collapse
+    (0: the alarm only warns)."""
     stop_grace: float = 120.0
     """Seconds a run may take to checkpoint and exit after a stop signal before it is ended
     without one (a second signal ends it at once)."""

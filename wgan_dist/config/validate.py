@@ -23,7 +23,9 @@ RANGES: dict[str, tuple[tuple[str, float], ...]] = {
     "train.batch_size": ((">=", 1),), "train.steps": ((">=", 1),), "train.seed": ((">=", 0),),
     "train.ema_kimg": ((">", 0),), "train.ema_rampup": ((">=", 0),),
     "train.stop_grace": ((">", 0),), "train.collective_timeout": ((">", 0),),
-    "train.threads": ((">=", 0),),
+    "train.threads": ((">=", 0),), "train.max_rollbacks": ((">=", 0),),
+    "train.divergence_ticks": ((">=", 1),), "train.divergence_bound": ((">", 0),),
+    "train.collapse_rollback": ((">=", 0),),
     "train.bucket_mb": ((">", 0),), "train.powersgd_rank": ((">=", 1),),
     "train.powersgd_start": ((">=", 0),), "train.micro_batch": ((">=", 0),),
     "log.tick_every": ((">=", 1),), "log.sample_every": ((">=", 1),),
@@ -42,6 +44,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "loss.kind": ("wgan-gp", "ns"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "train.grad_comm": ("fp32", "bf16", "fp16", "powersgd"),
+    "train.on_divergence": ("rollback", "stop"),
 }
 # train.backend and its settings (train.zero_stage, train.deepspeed_config) are checked by the
 # backend that reads them, once, when a run settles them (``training.backends.resolve``).

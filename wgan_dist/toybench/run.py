@@ -5,6 +5,7 @@ the image trainer's own pieces -- the objective phases (``objective.critic_phase
 """
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import asdict, dataclass, replace
@@ -20,6 +21,7 @@ from ..ranks import generator_for, release_single_process_group, seed_for, singl
 from ..training import comm
 from ..training.ema import EMA
 from .data import DATA_SCALE, DATASETS, sample_latent, sample_real
+from .rescue import ToyRescue, collapse
 from .score import N_EVAL, jbt_latents, run_title, save_scatter, toy_metrics
 
 
@@ -127,7 +129,8 @@ class ToyRun:
     """The networks, optimizers and data stream of one run; ``step`` is one generator step."""
 
     def __init__(self, dataset: str, seed: int, cfg: ToyConfig, loss: str) -> None:
-        self.dataset, self.cfg = dataset, cfg
+        self.dataset, self.cfg, self.seed = dataset, cfg, seed
+        self.lr_scale = 1.0  # halved by each rollback (``rescue``)
         self.n_critic = cfg.n_critic if loss == "wgan-gp" else 1
         self.scale = DATA_SCALE[dataset] if cfg.normalize else 1.0
         torch.manual_seed(seed_for(seed, "toy", "init"))  # parameter init
@@ -169,9 +172,28 @@ class ToyRun:
     def _trained_critic(self, x: torch.Tensor) -> torch.Tensor:
         return self.d_net(x).squeeze(1)
 
+    def state(self) -> dict[str, Any]:
+        """Everything a rollback restores (``rescue``), copied."""
+        return copy.deepcopy({"g": self.g.state_dict(), "d": self.d.state_dict(),
+                              "ema": self.ema.model.state_dict() if self.ema else None,
+                              "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                              "gen": self.gen.get_state()})
+
+    def load(self, state: dict[str, Any], stream: int) -> None:
+        """Back to ``state``; learning rates halved ``stream`` times, data and noise from a new
+        stream."""
+        self.g.load_state_dict(state["g"])
+        self.d.load_state_dict(state["d"])
+        if self.ema is not None:
+            self.ema.model.load_state_dict(state["ema"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.lr_scale = 0.5 ** stream
+        self.gen = generator_for(torch.device("cpu"), self.seed, "toy", "train", stream)
+
     def step(self, step: int, steps: int) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        f = lr_factor(step, steps, cfg.decay_start, cfg.warmup)
+        f = lr_factor(step, steps, cfg.decay_start, cfg.warmup) * self.lr_scale
         for group in self.opt_g.param_groups:
             group["lr"] = cfg.lr_g * f
         for group in self.opt_d.param_groups:
@@ -216,10 +238,33 @@ def _save_points(out_dir: str, dataset: str, seed: int, points: np.ndarray, metr
     save_scatter(points, dataset, stem + ".png", title=run_title(dataset, seed, metrics) + note)
 
 
+def _train(run: ToyRun, dataset: str, seed: int, steps: int, log_every: int, z_eval: torch.Tensor,
+           rescue_every: int, collapse_at: int) -> tuple[dict[str, torch.Tensor], dict]:
+    """The generator steps; with ``rescue_every``, the divergence guard every that many steps
+    (``rescue``); ``collapse_at``: a collapse induced once, at that step."""
+    rescue = ToyRescue(run, dataset, seed, rescue_every) if rescue_every else None
+    last: dict[str, torch.Tensor] = {}
+    step, induced = 0, False
+    while step < steps:
+        if step == collapse_at and not induced:
+            collapse(run)
+            induced = True
+        last = run.step(step, steps)
+        step += 1
+        if rescue is not None:
+            step = rescue.after_step(step, last)
+        if log_every and step % log_every == 0:
+            m = toy_metrics(run.points(z_eval), dataset)
+            raw = toy_metrics(run.points(z_eval, raw=True), dataset).get("hq", float("nan"))
+            print(f"step {step}: {run_title(dataset, seed, m)} | raw HQ {raw:.3f} "
+                  + " ".join(f"{k} {v:.4g}" for k, v in last.items()), flush=True)
+    return last, (rescue.summary() if rescue is not None else {})
+
+
 def run_toy(dataset: str, seed: int, steps: int, out_dir: str | None = None,
             loss: str = "wgan-gp", config: ToyConfig | None = None,
             threads: int | None = 1, log_every: int = 0, reject: float = 0.1,
-            **overrides: Any) -> dict[str, Any]:
+            rescue_every: int = 0, collapse_at: int = -1, **overrides: Any) -> dict[str, Any]:
     """Train one generator for ``steps`` generator steps and evaluate it on 2,500 samples.
 
     ``loss``: ``wgan-gp`` (n_critic critic steps with the gradient penalty per generator step)
@@ -245,14 +290,8 @@ def run_toy(dataset: str, seed: int, steps: int, out_dir: str | None = None,
         run = ToyRun(dataset, seed, cfg, loss)
         z_eval = sample_latent(N_EVAL, cfg, generator_for(torch.device("cpu"), seed, "toy", "eval"))
         initial = toy_metrics(run.points(z_eval), dataset)
-        last: dict[str, torch.Tensor] = {}
-        for step in range(steps):
-            last = run.step(step, steps)
-            if log_every and (step + 1) % log_every == 0:
-                m = toy_metrics(run.points(z_eval), dataset)
-                raw = toy_metrics(run.points(z_eval, raw=True), dataset).get("hq", float("nan"))
-                print(f"step {step + 1}: {run_title(dataset, seed, m)} | raw HQ {raw:.3f} "
-                      + " ".join(f"{k} {v:.4g}" for k, v in last.items()), flush=True)
+        last, rescued = _train(run, dataset, seed, steps, log_every, z_eval, rescue_every,
+                               collapse_at)
         train_s = time.perf_counter() - t0
         points = run.points(z_eval)
         metrics, jbt = toy_metrics(points, dataset), {}
@@ -268,5 +307,5 @@ def run_toy(dataset: str, seed: int, steps: int, out_dir: str | None = None,
         torch.set_num_threads(prev_threads)
         release_single_process_group()
     return {"dataset": dataset, "seed": seed, "steps": steps, "loss": loss, **metrics, "jbt": jbt,
-            "initial": initial, "train": {k: float(v) for k, v in last.items()},
+            "initial": initial, "train": {k: float(v) for k, v in last.items()}, "rescue": rescued,
             "train_seconds": train_s, "seconds": time.perf_counter() - t0, "config": asdict(cfg)}

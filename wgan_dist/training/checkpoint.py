@@ -129,15 +129,17 @@ def atomic_save(obj: dict[str, Any], path: Path) -> None:
         os.close(dir_fd)
 
 
-def save_checkpoint(state: dict[str, Any], run_dir: Path, step: int, keep: int) -> Path:
+def save_checkpoint(state: dict[str, Any], run_dir: Path, step: int, keep: int,
+                    protect: Path | None = None) -> Path:
     """Save ``state`` as checkpoints/step-XXXXXXXX.pt, then rotate: keep it and the newest
     ``keep - 1`` older ones (``keep`` 0 keeps all). Files *newer* than this step (left by an
     earlier life of the run, e.g. one that failed to verify) are never deleted here, so the
-    checkpoint just written and verified always survives."""
+    checkpoint just written and verified always survives; nor is ``protect`` (the newest
+    healthy checkpoint, which a rollback goes back to)."""
     path = checkpoint_dir(run_dir) / f"step-{step:08d}.pt"
     atomic_save({"format": FORMAT, **state}, path)
     if keep > 0:
-        older = [p for p in list_checkpoints(run_dir) if p.name < path.name]
+        older = [p for p in list_checkpoints(run_dir) if p.name < path.name and p != protect]
         for old in older[:max(0, len(older) - (keep - 1))]:
             old.unlink(missing_ok=True)
     return path

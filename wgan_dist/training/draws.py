@@ -41,9 +41,12 @@ class Draws:
         self.seed, self.rank, self.device, self.batch = seed, rank, device, batch
         self.latent_dim, self.num_classes = latent_dim, num_classes
         self.augment, self.resolution = augment, resolution
+        self.stream = 0
+        """0, or the number of rollbacks: a rolled-back run draws from a new stream."""
 
     def _gen(self, purpose: str, step: int, phase: int) -> torch.Generator:
-        return generator_for(self.device, self.seed, purpose, self.rank, step, phase)
+        key = purpose if not self.stream else f"{purpose}#{self.stream}"
+        return generator_for(self.device, self.seed, key, self.rank, step, phase)
 
     def noise(self, purpose: str, *shape: int, step: int, phase: int = 0) -> torch.Tensor:
         """Normal noise (uniform for ``alpha``) of ``shape`` for this (purpose, step, phase)."""

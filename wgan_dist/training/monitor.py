@@ -66,6 +66,8 @@ class QualityMonitor:
         self.say = say or (lambda m: ranks.main_print(acc, m))
         self.alarm = CollapseAlarm(cfg.eval.collapse_threshold, cfg.eval.collapse_patience)
         self.alarms: list[str] = []
+        self.firing = False
+        """Whether the collapse alarm fired at the last check (every rank alike)."""
         self._real: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self._classifier = None
 
@@ -93,7 +95,8 @@ class QualityMonitor:
         for k, v in reduced.items():
             self.writer.add_scalar(f"Diversity/{k}", v, step)
         warm = step >= self.cfg.eval.collapse_warmup * self.cfg.train.steps
-        if warm and self.alarm.update(reduced):
+        self.firing = bool(warm and self.alarm.update(reduced))
+        if self.firing:
             msg = f"WARNING step {step}: {self.alarm.message}"
             self.alarms.append(msg)
             self.say(msg)

@@ -156,6 +156,18 @@ def config_for_resume(given: Config, preset: Config | None, explicit: list[str],
     return cfg, found
 
 
+def check_resume_classes(found: Resume, names: list[str], where: Any) -> None:
+    """A conditional model's labels are its classes: it continues on the same ones, in the same
+    order, or not at all (the checkpoint's names must not be put on another set's labels)."""
+    saved = list(found.state.get("class_names") or [])
+    if saved and saved != list(names):
+        raise ConfigError(f"cannot resume {found.path} on {where}: the conditional model was "
+                          f"trained on {len(saved)} classes ({', '.join(saved[:8])}"
+                          f"{', ...' if len(saved) > 8 else ''}) and these shards have "
+                          f"{len(names)} ({', '.join(list(names)[:8])}{', ...' if len(names) > 8 else ''}); "
+                          f"resume on the run's own classes or start a new run (log.run_dir=...)")
+
+
 def resume_message(state: dict[str, Any], old: Config, cfg: Config, world: int, batch: int) -> str:
     """What resuming ``state`` (saved with config ``old``) under ``cfg`` on ``world``
     processes changes, in one line."""

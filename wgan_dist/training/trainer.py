@@ -24,105 +24,33 @@ from . import checkpoint as ckpt
 from .backends import Accumulated
 from .draws import Draws
 from .ema import ema_beta
+from .guard import DivergenceGuard, Diverged, LrSpike, learning_rate_scale
 from .inputs import Inputs
 from .instrument import Instruments
+from .networks import Network
 from .logbook import Logbook, Plan, RunLog, make_writer, plan_text
 from .monitor import QualityMonitor, check_ready
-from .resume import Resume, resume_message
+from .resume import Resume, check_resume_classes, resume_message
 from .samples import SampleGrid, write_gif
 from .settle import settle_classes, settle_threads
 from .signals import StopSignals
-
-
-class CollectiveTimeout(RuntimeError):
-    """Another rank did not answer a collective in time (a stopped, hung or dead rank): exit 1."""
 
 
 def _sl(t: torch.Tensor | None, sl: slice) -> torch.Tensor | None:
     return None if t is None else t[sl]
 
 
-class Trainer:
-    def __init__(self, cfg: Config, resume: str | Resume | None = None,
-                 overwrite: bool = False) -> None:
-        # --- settle what the config leaves to the run, in a copy; then validate and freeze it:
-        # config.yaml and every checkpoint say what ran.
-        cfg = thawed(cfg)
-        notes = backends.resolve(cfg)  # which backend, its stage and precision
-        self.backend = backends.create(cfg)  # forms the process group
-        self.acc = self.backend.acc
-        self.device = self.acc.device
-        self.rank, self.world = self.acc.process_index, self.acc.num_processes
-        self.threads_why, self.chosen_for_machine = settle_threads(cfg)
-        torch.set_num_threads(cfg.train.threads)
-        self.runlog = RunLog(self.acc)  # console lines, kept for log.txt
-        say = self.runlog.say
-        for note in notes:
-            say(note)
-        self.cfg, self.run_dir = cfg, cfg.run_dir
-        self.resume_from = resume if isinstance(resume, Resume) else Resume.of(
-            ckpt.find_resume(self.run_dir, resume, overwrite, log=say))
-        self.inputs = Inputs(self.acc, cfg, say)
-        self.shards, self.batch = self.inputs.shards, self.inputs.batch
-        self.num_classes = settle_classes(cfg, self.shards.class_names,
-                                          self.shards.manifest_path or cfg.data.shards)
-        validate(cfg)
-        freeze(cfg)
-        # --- build
-        self.G, self.D, self.ema = self.backend.build(cfg, say)
-        self.fused_adam = self.backend.fused_adam
-        self.instruments = Instruments(self.rank)  # off unless a benchmark asks
-        self.vote = ranks.StopVote(self.acc)
-        self.classify = bool(getattr(self.D.raw, "classifies", False))  # the critic has an AC head
-        augment = DiffAugment(cfg.data.diffaug) if cfg.data.diffaug else None
-        self.draws = Draws(cfg.train.seed, self.rank, self.device, self.batch,
-                           cfg.model.latent_dim, self.num_classes, augment, cfg.data.resolution)
-        self.step, self.nimg, self.stopped = 0, 0, False
-        self.where = "start-up"  # what the loop is doing, for a collective that times out
-        if self.resume_from is not None:
-            self._load(self.resume_from)
-        manifest = self.shards.manifest_path
-        shard_dir = manifest.parent if manifest is not None else None
-        check_ready(cfg, shard_dir)  # what the evaluations will need, before any step is spent
-        # Only now, with data, models and checkpoint in hand, does the run dir get written:
-        # a start that fails leaves nothing behind, and config.yaml is the config as run
-        # (model.num_classes from the manifest, the resumed run's own settings).
-        ranks.main_then_all(self.acc, ckpt.prepare_run_dir, self.run_dir,
-                            overwrite and self.resume_from is None)
-        ranks.write_text(self.acc, self.run_dir / "config.yaml", dump_yaml(cfg))
-        self.runlog.open(self.run_dir)
-        self.writer = make_writer(self.acc, self.run_dir / "logs")
-        self.monitor = QualityMonitor(self.acc, cfg, self.writer, self.run_dir, shard_dir, say)
-        self.logbook = Logbook(self.acc, self.writer, self.runlog, cfg.log.tick_every,
-                               cfg.train.steps)
-        self.grid = SampleGrid(cfg.log.grid_size, cfg.model.latent_dim, self.num_classes,
-                               cfg.train.seed, self.device)
-        self.signals = StopSignals(self.rank, cfg.train.stop_grace)
+class Steps:
+    """One critic step and one generator step, top to bottom: per micro-batch the objective's
+    loss and the backend's backward, then the backend's optimizer step. ``Trainer`` provides
+    the networks, the backend, the config and the accelerator."""
 
-    # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **self.backend.state_dict(self.G, self.D),  # gathered: every rank calls it
-            "G_ema": self.ema.model.state_dict(),
-            "step": self.step, "nimg": self.nimg, "world_size": self.world,
-            "config": to_dict(self.cfg), "chosen_for_machine": list(self.chosen_for_machine),
-            "class_names": list(self.shards.class_names), "rng_torch": torch.get_rng_state(),
-        }
+    G: Network
+    D: Network
+    backend: backends.Backend
+    cfg: Config
+    classify: bool
 
-    def _load(self, resume: Resume) -> None:
-        state, where = resume.state, str(resume.path)
-        self.backend.load_state_dict(self.G, self.D, state, where)
-        ckpt.load_module_state(self.ema.model, state["G_ema"], "generator EMA", where)
-        torch.set_rng_state(state["rng_torch"])
-        self.step, self.nimg = int(state["step"]), int(state["nimg"])
-        self.runlog.say(resume_message(state, resume.config, self.cfg, self.world, self.batch))
-
-    def save(self) -> Path | None:
-        state = self.state_dict()  # on every rank: a partitioned backend gathers its state
-        return ranks.main_then_all(self.acc, lambda: ckpt.save_checkpoint(
-            state, self.run_dir, self.step, self.cfg.log.keep_checkpoints))
-
-    # ------------------------------------------------------------------ steps
     def critic_step(self, real: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor,
                     y_real: torch.Tensor | None = None, y_fake: torch.Tensor | None = None,
                     augment=None) -> dict:
@@ -165,6 +93,132 @@ class Trainer:
         backend.step(G, total.loss, total.stats)
         return total.stats
 
+
+class Trainer(Steps):
+    def __init__(self, cfg: Config, resume: str | Resume | None = None,
+                 overwrite: bool = False) -> None:
+        # --- settle what the config leaves to the run, in a copy; then validate and freeze it:
+        # config.yaml and every checkpoint say what ran.
+        cfg = thawed(cfg)
+        notes = backends.resolve(cfg)  # which backend, its stage and precision
+        self.backend = backends.create(cfg)  # forms the process group
+        self.acc = self.backend.acc
+        self.device = self.acc.device
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        self.threads_why, self.chosen_for_machine = settle_threads(cfg)
+        torch.set_num_threads(cfg.train.threads)
+        self.runlog = RunLog(self.acc)  # console lines, kept for log.txt
+        say = self.runlog.say
+        for note in notes:
+            say(note)
+        self.cfg, self.run_dir = cfg, cfg.run_dir
+        self.resume_from = resume if isinstance(resume, Resume) else Resume.of(
+            ckpt.find_resume(self.run_dir, resume, overwrite, log=say))
+        self.inputs = Inputs(self.acc, cfg, say)
+        self.shards, self.batch = self.inputs.shards, self.inputs.batch
+        where = self.shards.manifest_path or cfg.data.shards
+        if self.resume_from is not None and cfg.model.conditional:
+            check_resume_classes(self.resume_from, self.shards.class_names, where)
+        self.num_classes = settle_classes(cfg, self.shards.class_names, where)
+        validate(cfg)
+        freeze(cfg)
+        # --- build
+        self.G, self.D, self.ema = self.backend.build(cfg, say)
+        self.fused_adam = self.backend.fused_adam
+        self.instruments = Instruments(self.rank)  # off unless a benchmark asks
+        self.vote = ranks.StopVote(self.acc)
+        self.classify = bool(getattr(self.D.raw, "classifies", False))  # the critic has an AC head
+        augment = DiffAugment(cfg.data.diffaug) if cfg.data.diffaug else None
+        self.draws = Draws(cfg.train.seed, self.rank, self.device, self.batch,
+                           cfg.model.latent_dim, self.num_classes, augment, cfg.data.resolution)
+        self.step, self.nimg, self.stopped = 0, 0, False
+        self.where = "start-up"  # what the loop is doing, for a collective that times out
+        t = cfg.train
+        self.guard = DivergenceGuard(t.divergence_ticks, t.divergence_bound, t.collapse_rollback)
+        self.spike = LrSpike.from_env()  # fault injection (tests); off unless set
+        self.rollbacks, self.rolled_back, self.last_healthy = 0, False, None
+        if self.resume_from is not None:
+            self._load(self.resume_from)
+        manifest = self.shards.manifest_path
+        shard_dir = manifest.parent if manifest is not None else None
+        check_ready(cfg, shard_dir)  # what the evaluations will need, before any step is spent
+        # Only now, with data, models and checkpoint in hand, does the run dir get written:
+        # a start that fails leaves nothing behind, and config.yaml is the config as run
+        # (model.num_classes from the manifest, the resumed run's own settings).
+        ranks.main_then_all(self.acc, ckpt.prepare_run_dir, self.run_dir,
+                            overwrite and self.resume_from is None)
+        ranks.write_text(self.acc, self.run_dir / "config.yaml", dump_yaml(cfg))
+        self.runlog.open(self.run_dir)
+        self.writer = make_writer(self.acc, self.run_dir / "logs")
+        self.monitor = QualityMonitor(self.acc, cfg, self.writer, self.run_dir, shard_dir, say)
+        self.logbook = Logbook(self.acc, self.writer, self.runlog, cfg.log.tick_every,
+                               cfg.train.steps)
+        self.grid = SampleGrid(cfg.log.grid_size, cfg.model.latent_dim, self.num_classes,
+                               cfg.train.seed, self.device)
+        self.signals = StopSignals(self.rank, cfg.train.stop_grace)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **self.backend.state_dict(self.G, self.D),  # gathered: every rank calls it
+            "G_ema": self.ema.model.state_dict(),
+            "step": self.step, "nimg": self.nimg, "world_size": self.world,
+            "config": to_dict(self.cfg), "chosen_for_machine": list(self.chosen_for_machine),
+            "healthy": self.guard.healthy, "rollbacks": self.rollbacks,
+            "class_names": list(self.shards.class_names), "rng_torch": torch.get_rng_state(),
+        }
+
+    def _load(self, resume: Resume) -> None:
+        self._restore(resume.state)
+        if resume.state.get("healthy", True):
+            self.last_healthy = resume.path
+        self.runlog.say(resume_message(resume.state, resume.config, self.cfg, self.world, self.batch))
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """The whole training state of a checkpoint (resume and rollback alike)."""
+        where = state["path"]
+        self.backend.load_state_dict(self.G, self.D, state, where)
+        ckpt.load_module_state(self.ema.model, state["G_ema"], "generator EMA", where)
+        torch.set_rng_state(state["rng_torch"])
+        self.step, self.nimg = int(state["step"]), int(state["nimg"])
+        self.rollbacks = self.draws.stream = int(state.get("rollbacks", 0))
+        scale = learning_rate_scale(self.rollbacks)  # the rollbacks' halvings, on this config
+        for net, lr in ((self.G, self.cfg.optim.lr_g), (self.D, self.cfg.optim.lr_d)):
+            for group in net.opt.param_groups:
+                group["lr"] = lr * scale
+
+    def save(self) -> Path | None:
+        state = self.state_dict()  # on every rank: a partitioned backend gathers its state
+        path = ranks.main_then_all(self.acc, lambda: ckpt.save_checkpoint(
+            state, self.run_dir, self.step, self.cfg.log.keep_checkpoints, self.last_healthy))
+        if state["healthy"]:
+            self.last_healthy = ckpt.checkpoint_dir(self.run_dir) / f"step-{self.step:08d}.pt"
+        return path
+
+    def _rollback(self, why: str) -> None:
+        """Go back to the newest healthy checkpoint, or stop (exit 1): ``guard``."""
+        t = self.cfg.train
+        self.runlog.say(f"WARNING step {self.step}: {why}")
+        self.writer.add_text("Events/divergence", why, self.step)
+        refuse = ("train.on_divergence=stop" if t.on_divergence == "stop" else
+                  f"{self.rollbacks} rollback(s) already (train.max_rollbacks={t.max_rollbacks})"
+                  if self.rollbacks >= t.max_rollbacks else
+                  "no healthy checkpoint to go back to" if self.last_healthy is None else "")
+        if refuse:
+            raise Diverged(f"step {self.step}: {why}; stopping: {refuse}"
+                           + (f"; the newest healthy checkpoint is {self.last_healthy}"
+                              if self.last_healthy else ""))
+        target, at = self.last_healthy, self.step
+        self._restore({**ckpt.read_checkpoint(target), "rollbacks": self.rollbacks + 1})
+        self.guard.reset()
+        self.monitor.alarm.reset()
+        lrs = self._lrs()
+        self.runlog.say(f"rolled back from step {at} to {target.name} (step {self.step}): learning "
+                        f"rates halved to G {lrs['lr_G']:.3g}, D {lrs['lr_D']:.3g}, noise stream "
+                        f"{self.rollbacks}; rollback {self.rollbacks} of {t.max_rollbacks}")
+        self.writer.add_scalar("Events/rollbacks", self.rollbacks, self.step)
+        self.rolled_back = True
+
     # ------------------------------------------------------------------ loop
     def train(self) -> dict[str, float]:
         """Run to train.steps, or until a stop signal (then ``self.stopped``: checkpointed)."""
@@ -179,27 +233,28 @@ class Trainer:
                     self.acc, self.monitor.has_result, self.step)):
                 return self.monitor.evaluate(self.ema.model, self.step, self.nimg)
             return {}
-        batches = self.inputs.batches(skip=self.step * n_critic, count=remaining * n_critic)
-        try:
-            return self._loop(batches)
-        except RuntimeError as e:
-            what = ranks.collective_failure(e)
-            if what is None:
-                raise
-            raise CollectiveTimeout(
-                f"rank {self.rank}: {self.where} at step {self.step} got no answer from another "
-                f"rank within train.collective_timeout={cfg.train.collective_timeout:g}s ({what}); "
-                f"ending so that the launcher can restart the job") from None
-        finally:
-            batches.close()  # the loader's workers go now, whatever happened
+        while True:  # again from the step a rollback went back to
+            self.rolled_back = False
+            batches = self.inputs.batches(skip=self.step * n_critic,
+                                          count=(cfg.train.steps - self.step) * n_critic)
+            try:
+                with ranks.bounded_collectives(self.acc, cfg.train.collective_timeout,
+                                               lambda: f"{self.where} at step {self.step}"):
+                    last = self._steps(batches)
+            finally:
+                batches.close()  # the loader's workers go now, whatever happened
+            if not self.rolled_back:
+                return last
 
-    def _loop(self, batches: Iterator) -> dict[str, float]:
+    def _steps(self, batches: Iterator) -> dict[str, float]:
         cfg, log = self.cfg, self.logbook
         n_critic, batch = cfg.optim.n_critic, cfg.train.batch_size
         log.start(self.nimg)
         last: dict[str, float] = {}
         inst = self.instruments
         while self.step < cfg.train.steps:
+            if (spike := self.spike.maybe(self.step, [self.G.opt, self.D.opt])) is not None:
+                self.runlog.say(f"fault injected: learning rates x{spike:g} at step {self.step}")
             # --- n_critic critic phases, then one generator phase, then the EMA; no host read
             self.where = "the critic step's gradient all-reduce"
             with inst.phase("critic"):
@@ -219,30 +274,42 @@ class Trainer:
                                                      self.step * batch, batch))
                 # A stop every rank agrees on, decided one step after the signal (no wait).
                 self.stopped = self.vote.step(self.signals.requested)
-            done = self.step == cfg.train.steps
-            log.beat(self.step, self.nimg)
-            if self.step % cfg.log.tick_every == 0 or done:
-                self.where = "the tick's statistics all-reduce"
-                last = log.tick(self.step, self.nimg, self._lrs(), self.device)
-                last.update(self.monitor.check_diversity(self.G.raw, self.D.raw, real, self.step))
-            if self.step % cfg.log.sample_every == 0 or done:
-                self.sample()
-                with torch.no_grad():
-                    fake = self.G.raw(g_draws["z"])
-                self.monitor.gp_visuals(self.D.raw, real, fake, self.step)
-            # --- the checkpoint before the evaluation, which may fail (a resumed run then
-            # evaluates instead of replaying the end)
-            if self.step % cfg.log.ckpt_every == 0 or done or self.stopped:
-                self.where = "the checkpoint's gather and barrier"
-                path = self.save()
-                if self.stopped:
-                    self.runlog.say(f"stop requested: saved {path} at step {self.step}")
-                    break
-            if (cfg.eval.every and self.step % cfg.eval.every == 0) or done:
-                self.where = "the evaluation's gather"
-                last.update(self.monitor.evaluate(self.ema.model, self.step, self.nimg))
+            last = self._after_step(real, g_draws["z"], last)
+            if self.stopped or self.rolled_back:
+                break
             inst.step_done()
         self.vote.close()  # every rank finishes the vote in flight
+        return last
+
+    def _after_step(self, real: torch.Tensor, z: torch.Tensor, last: dict) -> dict[str, float]:
+        """The schedule after a step: tick (and the divergence guard), samples, checkpoint,
+        evaluation. The checkpoint comes before the evaluation, which may fail (a resumed run
+        then evaluates instead of replaying the end)."""
+        cfg, step = self.cfg, self.step
+        done = step == cfg.train.steps
+        self.logbook.beat(step, self.nimg)
+        if step % cfg.log.tick_every == 0 or done:
+            self.where = "the tick's statistics all-reduce"
+            last = self.logbook.tick(step, self.nimg, self._lrs(), self.device)
+            last.update(self.monitor.check_diversity(self.G.raw, self.D.raw, real, step))
+            verdict = self.guard.observe(last, (step - 1) % cfg.log.tick_every + 1, self.monitor.firing)
+            if verdict:
+                self._rollback(verdict)
+                return last
+        if step % cfg.log.sample_every == 0 or done:
+            self.sample()
+            with torch.no_grad():
+                fake = self.G.raw(z)
+            self.monitor.gp_visuals(self.D.raw, real, fake, step)
+        if step % cfg.log.ckpt_every == 0 or done or self.stopped:
+            self.where = "the checkpoint's gather and barrier"
+            path = self.save()
+            if self.stopped:
+                self.runlog.say(f"stop requested: saved {path} at step {step}")
+                return last
+        if (cfg.eval.every and step % cfg.eval.every == 0) or done:
+            self.where = "the evaluation's gather"
+            last.update(self.monitor.evaluate(self.ema.model, step, self.nimg))
         return last
 
     def _lrs(self) -> dict[str, float]:
