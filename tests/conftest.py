@@ -28,6 +28,7 @@ def tiny_overrides(shards: Path, run_dir: Path, **extra) -> list[str]:
     """A model small enough that a few steps take a second or two on one CPU core."""
     values = {
         "data.shards": str(shards), "data.workers": 0, "data.shuffle_buffer": 50,
+        "data.cache": "none",  # the streaming loader; tests/test_cache.py runs the caches
         "model.g_width": 8, "model.d_width": 8, "model.latent_dim": 16,
         "train.batch_size": 8, "optim.n_critic": 2, "train.steps": 6,
         "log.tick_every": 2, "log.sample_every": 3, "log.ckpt_every": 3, "log.grid_size": 16,

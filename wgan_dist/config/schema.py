@@ -45,8 +45,15 @@ class DataConfig(Frozen):
     """Image side in pixels; must match the shards (28, 32, 64, 128 or 256)."""
     channels: int = 1
     """1 (grayscale) or 3 (RGB); must match the shards."""
+    cache: str = "auto"
+    """Where the images are held: none (streamed from the shards by the loader), memory
+    (decoded once into host memory), device (decoded once onto the training device), encoded
+    (JPEG bytes on the device, decoded there per batch), auto (device on a GPU / memory on a
+    CPU when the pixels take at most a quarter of the free memory there, else encoded when
+    the JPEG bytes do, else none). Each process holds only its part (data/cache.py)."""
     workers: int = 1
-    """DataLoader worker processes per training process (0 = read in the training process)."""
+    """DataLoader worker processes per training process (0 = read in the training process);
+    with a cache there is no loader."""
     shuffle_buffer: int = 2000
     """Samples held in the shuffle buffer of each worker."""
     hflip: bool = False

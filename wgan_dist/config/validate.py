@@ -39,6 +39,7 @@ RANGES: dict[str, tuple[tuple[str, float], ...]] = {
 # setting -> the values it may take.
 CHOICES: dict[str, tuple[Any, ...]] = {
     "data.channels": (1, 3),
+    "data.cache": ("auto", "none", "memory", "device", "encoded"),
     "model.d_norm": ("layer", "instance", "group", "none"),
     "model.g_norm": ("batch", "none"),
     "loss.kind": ("wgan-gp", "ns"),

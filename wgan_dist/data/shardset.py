@@ -29,6 +29,8 @@ class ShardSet:
     manifest_path: Path | None
     expected: dict[str, tuple[int, str | None]] = field(default_factory=dict)
     """url -> (sample count, sha256) from the manifest; empty without one."""
+    encoding: str | None = None
+    """png, jpeg or raw (the manifest's); None without one."""
 
     @property
     def num_classes(self) -> int:
@@ -51,7 +53,8 @@ def from_manifest(path: Path) -> ShardSet:
     expected = {u: (int(e["count"]), e.get("sha256")) for u, e in zip(urls, manifest["shards"])
                 if "count" in e}
     return ShardSet(urls, manifest["resolution"], manifest["channels"],
-                    list(manifest["class_names"]), manifest["total"], Path(path), expected)
+                    list(manifest["class_names"]), manifest["total"], Path(path), expected,
+                    manifest.get("encoding"))
 
 
 def folder_key(folder: Path) -> str:

@@ -6,13 +6,14 @@ it. Every rank checks the shard set (headers only), so every rank stops alike.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 from accelerate import Accelerator
 
 from ..config import Config
-from ..data import pipeline
+from ..data import cache, pipeline
 from ..data.shardset import ShardSet, check_shape, resolve_shards
 
 
@@ -33,11 +34,33 @@ class Inputs:
                 class_names=[c.strip() for c in d.class_names.split(",") if c.strip()])
         check_shape(self.shards, d.resolution, d.channels)
         self.shards.check()
+        encoded = sum(Path(u).stat().st_size for u in self.shards.expected)
+        self.plan = cache.plan(d.cache, self.shards.total or 0, encoded, self.shards.encoding or "",
+                               acc.process_index, world, d.resolution, d.channels, self.device)
+        self.cache = None if self.plan.mode == "none" else cache.ImageCache(
+            self.shards.urls, self.shards.expected, acc.process_index, world, d.resolution,
+            d.channels, self.device, self.plan.mode, say)
 
-    def batches(self, skip: int, count: int) -> pipeline.Taken:
+    def settle(self, cfg: Config) -> list[str]:
+        """data.cache as this run holds its images; the settings chosen for the machine."""
+        chosen = ["data.cache"] if cfg.data.cache == "auto" else []
+        cfg.data.cache = self.plan.mode
+        return chosen
+
+    @property
+    def loader_workers(self) -> int:
+        """Loader worker processes this run starts (none with a cache)."""
+        return self.cfg.data.workers if self.cache is None else 0
+
+    def batches(self, skip: int, count: int) -> pipeline.Taken | cache.CachedBatches:
         """``count`` batches, the first ``skip`` of the run's stream already consumed; its
         ``close()`` shuts the loader's workers down."""
         cfg, acc = self.cfg, self.acc
+        if self.cache is not None:
+            return cache.CachedBatches(
+                self.cache, seed=cfg.train.seed, rank=acc.process_index, world=acc.num_processes,
+                total=self.shards.total or 0, batch_size=self.batch, skip=skip, count=count,
+                hflip=cfg.data.hflip)
         loader = pipeline.make_loader(
             self.shards.urls, rank=acc.process_index, world=acc.num_processes,
             seed=cfg.train.seed, batch_size=self.batch, resolution=cfg.data.resolution,

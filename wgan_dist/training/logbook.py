@@ -154,6 +154,8 @@ class Plan:
     params: tuple[int, int]
     """Parameters of G and D."""
     augment: tuple[str, ...]
+    cache: str
+    """Where the images are held, and why (``data.cache.Plan.line``)."""
 
 
 def plan_text(cfg: Config, p: Plan) -> str:
@@ -168,6 +170,7 @@ def plan_text(cfg: Config, p: Plan) -> str:
         f"data           {cfg.data.shards} -> {len(shards.urls)} shard(s), "
         f"{shards.total or '?'} images, {cfg.data.resolution}px x {cfg.data.channels}ch"
         + (f", {shards.num_classes} classes" if shards.num_classes else ""),
+        p.cache,
         f"processes      {p.world} on {p.device.type}, mixed precision "
         f"{cfg.train.mixed_precision}{p.backend}",
         f"threads        {cfg.train.threads} torch thread(s) per process ({p.threads_why}; "

@@ -1,8 +1,9 @@
 """What a run settles at start-up, before its config is validated and frozen.
 
 A config as given leaves some settings to the run: which backend and ZeRO stage (the
-launcher may choose them: ``backends.resolve``), how many torch threads (this machine's
-cores), how many classes (the shard manifest's). Each is resolved here, in a copy of the
+launcher may choose them: ``backends.resolve``), where the images are held (``data.cache``
+auto: the free memory, ``inputs``), how many torch threads (this machine's cores, less its
+loader workers), how many classes (the shard manifest's). Each is resolved here, in a copy of the
 config, which is then validated and frozen: config.yaml and every checkpoint say what ran.
 
 Settings chosen for *this machine* (``MACHINE``) are chosen again when the run resumes
@@ -16,7 +17,7 @@ from typing import Any
 
 from ..config import Config, ConfigError
 
-MACHINE = ("train.threads",)
+MACHINE = ("train.threads", "data.cache")
 
 
 def usable_cores() -> int:
@@ -45,9 +46,10 @@ def choose_threads(requested: int, loader_workers: int) -> tuple[int, str]:
     return n, f"{cores} cores / {local} process(es) - {loader_workers} loader worker(s)"
 
 
-def settle_threads(cfg: Config) -> tuple[str, list[str]]:
-    """train.threads as this process will run it; (why, the settings chosen for the machine)."""
-    n, why = choose_threads(cfg.train.threads, cfg.data.workers)
+def settle_threads(cfg: Config, loader_workers: int) -> tuple[str, list[str]]:
+    """train.threads as this process will run it beside its ``loader_workers``; (why, the
+    settings chosen for the machine)."""
+    n, why = choose_threads(cfg.train.threads, loader_workers)
     chosen = [] if why == "train.threads" else ["train.threads"]
     cfg.train.threads = n
     return why, chosen

@@ -105,8 +105,6 @@ class Trainer(Steps):
         self.acc = self.backend.acc
         self.device = self.acc.device
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
-        self.threads_why, self.chosen_for_machine = settle_threads(cfg)
-        torch.set_num_threads(cfg.train.threads)
         self.runlog = RunLog(self.acc)  # console lines, kept for log.txt
         say = self.runlog.say
         for note in notes:
@@ -114,8 +112,12 @@ class Trainer(Steps):
         self.cfg, self.run_dir = cfg, cfg.run_dir
         self.resume_from = resume if isinstance(resume, Resume) else Resume.of(
             ckpt.find_resume(self.run_dir, resume, overwrite, log=say))
-        self.inputs = Inputs(self.acc, cfg, say)
+        self.inputs = Inputs(self.acc, cfg, say)  # the shards, and the cache it holds them in
         self.shards, self.batch = self.inputs.shards, self.inputs.batch
+        self.chosen_for_machine = self.inputs.settle(cfg)
+        self.threads_why, chosen = settle_threads(cfg, self.inputs.loader_workers)
+        self.chosen_for_machine += chosen
+        torch.set_num_threads(cfg.train.threads)
         where = self.shards.manifest_path or cfg.data.shards
         if self.resume_from is not None and cfg.model.conditional:
             check_resume_classes(self.resume_from, self.shards.class_names, where)
@@ -330,7 +332,7 @@ class Trainer(Steps):
         return plan_text(self.cfg, Plan(
             self.run_dir, self.shards, self.world, self.device, self.backend.describe(),
             self.threads_why, self.batch, remaining, (count_params(self.G.raw), count_params(self.D.raw)),
-            augment.policy if augment else ()))
+            augment.policy if augment else (), self.inputs.plan.line()))
 
     def close(self, failed: bool = False) -> None:
         """Release what the run holds. ``failed``: after an error, with no collective (a rank
