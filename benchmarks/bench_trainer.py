@@ -157,8 +157,11 @@ def preloaded(trainer, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 # ------------------------------------------------------------------------ 1. overhead
-def bench_overhead(steps: int, repeats: int, width: int) -> dict:
-    trainer = new_trainer("bench-trainer", {}, steps, width)
+def bench_overhead(steps: int, repeats: int, width: int, cache_mode: str = "none") -> dict:
+    """Trainer against the plain loop, both reading the same input path: the stream
+    (``data.cache=none``, the plain loop through ``make_loader``) or a cache (the plain loop
+    drawing from the trainer's own ``ImageCache``)."""
+    trainer = new_trainer(f"bench-trainer-{cache_mode}", {"data.cache": cache_mode}, steps, width)
     cfg, dev = trainer.cfg, trainer.device
     n_critic, batch, latent = cfg.optim.n_critic, trainer.batch, cfg.model.latent_dim
     clock = instrument(trainer)
@@ -193,14 +196,20 @@ def bench_overhead(steps: int, repeats: int, width: int) -> dict:
         return {"s": time.perf_counter() - t0, "cpu_s": cpu_seconds() - c0}
 
     def loader_batches() -> Iterator:
+        if trainer.inputs.cache is not None:
+            from wgan_dist.data.cache import CachedBatches
+
+            return iter(CachedBatches(trainer.inputs.cache, seed=1, rank=0, world=1,
+                                      total=trainer.shards.total, batch_size=batch, skip=0,
+                                      count=steps * n_critic, hflip=cfg.data.hflip))
         return iter(data.make_loader(
             trainer.shards.urls, rank=0, world=1, seed=1, batch_size=batch,
             resolution=cfg.data.resolution, channels=cfg.data.channels,
             num_batches=steps * n_critic, workers=cfg.data.workers,
             shuffle_buffer=cfg.data.shuffle_buffer, pin_memory=dev.type == "cuda"))
 
-    print(f"\n1. overhead: {steps} steps x (n_critic {n_critic} + 1), batch {batch}, "
-          f"{cfg.data.resolution} px, widths {width}; seconds per run:")
+    print(f"\n1. overhead, data.cache={cache_mode}: {steps} steps x (n_critic {n_critic} + 1), "
+          f"batch {batch}, {cfg.data.resolution} px, widths {width}; seconds per run:")
     runs = interleave({"trainer": run_trainer,
                        "plain": lambda: run_plain(loader_batches),
                        "plain_preloaded": lambda: run_plain(lambda: itertools.cycle(mem))}, repeats)
@@ -214,6 +223,8 @@ def bench_overhead(steps: int, repeats: int, width: int) -> dict:
     names = sorted({k for p in parts for k in p if k != "total"},
                    key=lambda k: -median([p.get(k, 0.0) for p in parts]))
     result = {
+        "cache": cache_mode, "data_wait_share_trainer": median(
+            [p.get("data wait", 0.0) / p["total"] for p in parts]),
         "steps": steps, "n_critic": n_critic, "batch": batch, "resolution": cfg.data.resolution,
         "width": width, "data_workers": cfg.data.workers, "tick_every": cfg.log.tick_every,
         "sample_every": cfg.log.sample_every, "ckpt_every": cfg.log.ckpt_every,
@@ -353,28 +364,18 @@ def main() -> None:
     p.add_argument("--compile", dest="compile", action="store_true", default=None,
                    help="time train.compile (inductor: about a minute to compile on a CPU)")
     p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--cache", nargs="+", default=["none", "memory"], choices=("none", "memory"),
+                   help="input paths of the overhead comparison (data.cache)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     steps = a.steps or (10 if a.quick else 25)
     repeats = a.repeats or (3 if a.quick else 5)
     with_compile = (not a.quick) if a.compile is None else a.compile
-    overhead = bench_overhead(steps, repeats, a.width)
+    overheads = {mode: bench_overhead(steps, repeats, a.width, mode) for mode in a.cache}
     penalty = bench_penalty(repeats, 3 if a.quick else 5, a.width)
     fast = bench_fastpaths(repeats, 2 if a.quick else 4, a.width, with_compile)
-
-    o = overhead
-    print(f"\ntrainer / plain loop, {steps} steps (target <= 1.05; median of per-round ratios):")
-    print(f"  wall clock: steady {o['ratio_steady']:.3f}, full {o['ratio_full']:.3f}; "
-          f"{o['ms_per_step_trainer_steady']:.0f} vs {o['ms_per_step_plain']:.0f} ms/step "
-          f"(spread {o['spread_trainer']:.0%} / {o['spread_plain']:.0%})")
-    print(f"  CPU time:   steady {o['cpu_ratio_steady']:.3f}, full {o['cpu_ratio_full']:.3f}; "
-          f"{o['cpu_ms_per_step_trainer_steady']:.0f} vs {o['cpu_ms_per_step_plain']:.0f} ms/step "
-          f"(spread {o['spread_cpu_trainer']:.0%} / {o['spread_cpu_plain']:.0%})")
-    print(f"  data loading share of the plain loop: {o['data_loading_share_plain']:.1%} wall, "
-          f"{o['cpu_data_loading_share_plain']:.1%} CPU")
-    print("  trainer time by part (median s per run):")
-    for k, v in o["breakdown_s_median"].items():
-        print(f"    {k:<26} {v:7.3f}  ({v / o['trainer_s']:.1%})")
+    for mode, o in overheads.items():
+        report_overhead(o, steps, mode)
     print(f"penalty share of a critic step: {penalty['penalty_share_of_critic_step']:.1%} wall "
           f"({penalty['critic_step_gp10_ms']:.0f} vs {penalty['critic_step_gp0_ms']:.0f} ms), "
           f"{penalty['cpu_penalty_share_of_critic_step']:.1%} CPU")
@@ -384,8 +385,25 @@ def main() -> None:
               f"{fast['cpu_iteration_ms'][k]:8.1f} (x{fast['cpu_speedup_vs_default'][k]:.2f}) | "
               f"{fast['warmup_s'][k]:.0f}")
     write_result("bench_trainer", {"quick": a.quick, "repeats": repeats, "threads": a.threads,
-                                   "width": a.width, "overhead": overhead, "penalty": penalty,
-                                   "fastpaths": fast})
+                                   "width": a.width, "overhead": overheads.get("none"),
+                                   "overheads": overheads, "penalty": penalty, "fastpaths": fast})
+
+
+def report_overhead(o: dict, steps: int, mode: str) -> None:
+    print(f"\ntrainer / plain loop, data.cache={mode}, {steps} steps (target <= 1.05; median of "
+          f"per-round ratios):")
+    print(f"  wall clock: steady {o['ratio_steady']:.3f}, full {o['ratio_full']:.3f}; "
+          f"{o['ms_per_step_trainer_steady']:.0f} vs {o['ms_per_step_plain']:.0f} ms/step "
+          f"(spread {o['spread_trainer']:.0%} / {o['spread_plain']:.0%})")
+    print(f"  CPU time:   steady {o['cpu_ratio_steady']:.3f}, full {o['cpu_ratio_full']:.3f}; "
+          f"{o['cpu_ms_per_step_trainer_steady']:.0f} vs {o['cpu_ms_per_step_plain']:.0f} ms/step "
+          f"(spread {o['spread_cpu_trainer']:.0%} / {o['spread_cpu_plain']:.0%})")
+    print(f"  data loading share of the plain loop: {o['data_loading_share_plain']:.1%} wall, "
+          f"{o['cpu_data_loading_share_plain']:.1%} CPU")
+    print(f"  data-wait share of the trainer's run: {o['data_wait_share_trainer']:.1%}")
+    print("  trainer time by part (median s per run):")
+    for k, v in o["breakdown_s_median"].items():
+        print(f"    {k:<26} {v:7.3f}  ({v / o['trainer_s']:.1%})")
 
 
 if __name__ == "__main__":
