@@ -112,8 +112,8 @@ def test_what_does_not_fit_is_refused_in_one_line_and_auto_falls_back(builtin_sh
     real = cache.available_bytes
     try:
         cache.available_bytes = lambda device: 100_000
-        with pytest.raises(DataError, match=r"data.cache=memory: this rank's 320 images need "
-                                            r"0\.00 GB, 0\.00 GB is free"):
+        with pytest.raises(DataError, match=r"data.cache=memory: this rank's 320000 images need "
+                                            r"0\.24 GB, 0\.00 GB is free"):
             cache.plan("memory", **{**kw, "total": 320_000})
         assert cache.plan("auto", **kw).mode == "none"  # 253 kB of pixels > a quarter of 100 kB
         cache.available_bytes = lambda device: 2_000_000
@@ -128,12 +128,16 @@ def test_what_does_not_fit_is_refused_in_one_line_and_auto_falls_back(builtin_sh
 
 
 def test_a_run_with_a_cache_resumes_exactly(builtin_shards, tmp_path):
-    """2 steps, then --resume to 4, equals 4 steps, with flips and labels (conditional)."""
+    """2 steps, then --resume to 4, equals 4 steps, with flips and labels (conditional).
+    model.g_norm=none: the penalty visuals at a run's last step run the generator in train
+    mode, which moves its BatchNorm statistics, so a run extended after it ended differs from
+    an uninterrupted one in those statistics whatever the input path (a known difference, kept
+    because the behaviour guard's recorded hashes include it)."""
     def run(run_dir: Path, steps: int, resume=None) -> Trainer:
         reset_accelerator_state()
         t = Trainer(load_config(None, tiny_overrides(builtin_shards, run_dir, **{
             "data.cache": "memory", "data.hflip": True, "model.conditional": True,
-            "train.steps": steps, "log.ckpt_every": 2})), resume=resume)
+            "model.g_norm": "none", "train.steps": steps, "log.ckpt_every": 2})), resume=resume)
         t.train()
         t.close()
         return t
