@@ -29,7 +29,7 @@ TAGS = {
     "kimg": "Progress/kimg", "peak_mem_gb": "Resources/peak_mem_gb",
     "skipped_steps": "Progress/skipped_steps", "ac_real": "Loss/ac_real",
     "ac_fake": "Loss/ac_fake", "ac_generator": "Loss/ac_generator",
-    "ac_accuracy": "Critic/ac_accuracy_real",
+    "ac_accuracy": "Critic/ac_accuracy_real", "threads": "Speed/torch_threads",
 }
 
 

@@ -12,38 +12,12 @@ chosen that way (``chosen_for_machine``), and ``resume`` resets them.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from ..config import Config, ConfigError
+from .threads import choose_threads
 
 MACHINE = ("train.threads", "data.cache")
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, e.g. a Slurm allocation)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def choose_threads(requested: int, loader_workers: int) -> tuple[int, str]:
-    """torch intra-op threads for this process, and why.
-
-    ``requested`` > 0 is taken as it is. 0 (auto): $OMP_NUM_THREADS when set (the user's or
-    the launcher's choice), else this process's share of the cores (cores / processes on
-    this node) minus its loader workers, at least 1. More threads than free cores is the
-    trap: OpenMP's barriers wait for a thread the OS has descheduled, and a step runs many
-    times slower (benchmarks/bench_threads.py measures it)."""
-    if requested > 0:
-        return requested, "train.threads"
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env), "OMP_NUM_THREADS"
-    cores, local = usable_cores(), int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    n = max(1, cores // max(local, 1) - loader_workers)
-    return n, f"{cores} cores / {local} process(es) - {loader_workers} loader worker(s)"
 
 
 def settle_threads(cfg: Config, loader_workers: int) -> tuple[str, list[str]]:

@@ -9,6 +9,7 @@ rank decisions from ``ranks``; what the run settles at start-up from ``settle``.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,6 +35,7 @@ from .resume import Resume, check_resume_classes, resume_message
 from .samples import SampleGrid, write_gif
 from .settle import settle_classes, settle_threads
 from .signals import StopSignals
+from .threads import ThreadTuner
 
 
 def _sl(t: torch.Tensor | None, sl: slice) -> torch.Tensor | None:
@@ -94,7 +96,79 @@ class Steps:
         return total.stats
 
 
-class Trainer(Steps):
+class RunState:
+    """The run's whole state in a checkpoint: what is saved, and what resume and rollback restore
+    (``Trainer`` provides the pieces)."""
+
+    G: Network
+    D: Network
+    backend: backends.Backend
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **self.backend.state_dict(self.G, self.D),  # gathered: every rank calls it
+            "G_ema": self.ema.model.state_dict(),
+            "step": self.step, "nimg": self.nimg, "world_size": self.world,
+            "config": to_dict(self.cfg), "chosen_for_machine": list(self.chosen_for_machine),
+            "healthy": self.guard.healthy, "rollbacks": self.rollbacks,
+            "class_names": list(self.shards.class_names), "rng_torch": torch.get_rng_state(),
+        }
+
+    def _load(self, resume: Resume) -> None:
+        self._restore(resume.state)
+        if resume.state.get("healthy", True):
+            self.last_healthy = resume.path
+        self.runlog.say(resume_message(resume.state, resume.config, self.cfg, self.world, self.batch))
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """The whole training state of a checkpoint (resume and rollback alike)."""
+        where = state["path"]
+        self.backend.load_state_dict(self.G, self.D, state, where)
+        ckpt.load_module_state(self.ema.model, state["G_ema"], "generator EMA", where)
+        torch.set_rng_state(state["rng_torch"])
+        self.step, self.nimg = int(state["step"]), int(state["nimg"])
+        self.rollbacks = self.draws.stream = int(state.get("rollbacks", 0))
+        scale = learning_rate_scale(self.rollbacks)  # the rollbacks' halvings, on this config
+        for net, lr in ((self.G, self.cfg.optim.lr_g), (self.D, self.cfg.optim.lr_d)):
+            for group in net.opt.param_groups:
+                group["lr"] = lr * scale
+
+    def save(self) -> Path | None:
+        state = self.state_dict()  # on every rank: a partitioned backend gathers its state
+        # While unhealthy, rotation keeps the newest healthy checkpoint (a rollback's target).
+        keep = None if state["healthy"] else self.last_healthy
+        path = ranks.main_then_all(self.acc, lambda: ckpt.save_checkpoint(
+            state, self.run_dir, self.step, self.cfg.log.keep_checkpoints, keep))
+        if state["healthy"]:
+            self.last_healthy = ckpt.checkpoint_dir(self.run_dir) / f"step-{self.step:08d}.pt"
+        return path
+
+    def _rollback(self, why: str) -> None:
+        """Go back to the newest healthy checkpoint, or stop (exit 1): ``guard``."""
+        t = self.cfg.train
+        self.runlog.say(f"WARNING step {self.step}: {why}")
+        self.writer.add_text("Events/divergence", why, self.step)
+        refuse = ("train.on_divergence=stop" if t.on_divergence == "stop" else
+                  f"{self.rollbacks} rollback(s) already (train.max_rollbacks={t.max_rollbacks})"
+                  if self.rollbacks >= t.max_rollbacks else
+                  "no healthy checkpoint to go back to" if self.last_healthy is None else "")
+        if refuse:
+            raise Diverged(f"step {self.step}: {why}; stopping: {refuse}"
+                           + (f"; the newest healthy checkpoint is {self.last_healthy}"
+                              if self.last_healthy else ""))
+        target, at = self.last_healthy, self.step
+        self._restore({**ckpt.read_checkpoint(target), "rollbacks": self.rollbacks + 1})
+        self.guard.reset()
+        self.monitor.alarm.reset()
+        lrs = self._lrs()
+        self.runlog.say(f"rolled back from step {at} to {target.name} (step {self.step}): learning "
+                        f"rates halved to G {lrs['lr_G']:.3g}, D {lrs['lr_D']:.3g}, noise stream "
+                        f"{self.rollbacks}; rollback {self.rollbacks} of {t.max_rollbacks}")
+        self.writer.add_scalar("Events/rollbacks", self.rollbacks, self.step)
+        self.rolled_back = True
+
+
+class Trainer(Steps, RunState):
     def __init__(self, cfg: Config, resume: str | Resume | None = None,
                  overwrite: bool = False) -> None:
         # --- settle what the config leaves to the run, in a copy; then validate and freeze it:
@@ -114,14 +188,10 @@ class Trainer(Steps):
             ckpt.find_resume(self.run_dir, resume, overwrite, log=say))
         self.inputs = Inputs(self.acc, cfg, say)  # the shards, and the cache it holds them in
         self.shards, self.batch = self.inputs.shards, self.inputs.batch
-        self.chosen_for_machine = self.inputs.settle(cfg)
         self.threads_why, chosen = settle_threads(cfg, self.inputs.loader_workers)
-        self.chosen_for_machine += chosen
+        self.chosen_for_machine = self.inputs.settle(cfg) + chosen
         torch.set_num_threads(cfg.train.threads)
-        where = self.shards.manifest_path or cfg.data.shards
-        if self.resume_from is not None and cfg.model.conditional:
-            check_resume_classes(self.resume_from, self.shards.class_names, where)
-        self.num_classes = settle_classes(cfg, self.shards.class_names, where)
+        self.num_classes = self._classes(cfg)
         validate(cfg)
         freeze(cfg)
         # --- build
@@ -159,67 +229,12 @@ class Trainer(Steps):
                                cfg.train.seed, self.device)
         self.signals = StopSignals(self.rank, cfg.train.stop_grace)
 
-    # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **self.backend.state_dict(self.G, self.D),  # gathered: every rank calls it
-            "G_ema": self.ema.model.state_dict(),
-            "step": self.step, "nimg": self.nimg, "world_size": self.world,
-            "config": to_dict(self.cfg), "chosen_for_machine": list(self.chosen_for_machine),
-            "healthy": self.guard.healthy, "rollbacks": self.rollbacks,
-            "class_names": list(self.shards.class_names), "rng_torch": torch.get_rng_state(),
-        }
-
-    def _load(self, resume: Resume) -> None:
-        self._restore(resume.state)
-        if resume.state.get("healthy", True):
-            self.last_healthy = resume.path
-        self.runlog.say(resume_message(resume.state, resume.config, self.cfg, self.world, self.batch))
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        """The whole training state of a checkpoint (resume and rollback alike)."""
-        where = state["path"]
-        self.backend.load_state_dict(self.G, self.D, state, where)
-        ckpt.load_module_state(self.ema.model, state["G_ema"], "generator EMA", where)
-        torch.set_rng_state(state["rng_torch"])
-        self.step, self.nimg = int(state["step"]), int(state["nimg"])
-        self.rollbacks = self.draws.stream = int(state.get("rollbacks", 0))
-        scale = learning_rate_scale(self.rollbacks)  # the rollbacks' halvings, on this config
-        for net, lr in ((self.G, self.cfg.optim.lr_g), (self.D, self.cfg.optim.lr_d)):
-            for group in net.opt.param_groups:
-                group["lr"] = lr * scale
-
-    def save(self) -> Path | None:
-        state = self.state_dict()  # on every rank: a partitioned backend gathers its state
-        path = ranks.main_then_all(self.acc, lambda: ckpt.save_checkpoint(
-            state, self.run_dir, self.step, self.cfg.log.keep_checkpoints, self.last_healthy))
-        if state["healthy"]:
-            self.last_healthy = ckpt.checkpoint_dir(self.run_dir) / f"step-{self.step:08d}.pt"
-        return path
-
-    def _rollback(self, why: str) -> None:
-        """Go back to the newest healthy checkpoint, or stop (exit 1): ``guard``."""
-        t = self.cfg.train
-        self.runlog.say(f"WARNING step {self.step}: {why}")
-        self.writer.add_text("Events/divergence", why, self.step)
-        refuse = ("train.on_divergence=stop" if t.on_divergence == "stop" else
-                  f"{self.rollbacks} rollback(s) already (train.max_rollbacks={t.max_rollbacks})"
-                  if self.rollbacks >= t.max_rollbacks else
-                  "no healthy checkpoint to go back to" if self.last_healthy is None else "")
-        if refuse:
-            raise Diverged(f"step {self.step}: {why}; stopping: {refuse}"
-                           + (f"; the newest healthy checkpoint is {self.last_healthy}"
-                              if self.last_healthy else ""))
-        target, at = self.last_healthy, self.step
-        self._restore({**ckpt.read_checkpoint(target), "rollbacks": self.rollbacks + 1})
-        self.guard.reset()
-        self.monitor.alarm.reset()
-        lrs = self._lrs()
-        self.runlog.say(f"rolled back from step {at} to {target.name} (step {self.step}): learning "
-                        f"rates halved to G {lrs['lr_G']:.3g}, D {lrs['lr_D']:.3g}, noise stream "
-                        f"{self.rollbacks}; rollback {self.rollbacks} of {t.max_rollbacks}")
-        self.writer.add_scalar("Events/rollbacks", self.rollbacks, self.step)
-        self.rolled_back = True
+    def _classes(self, cfg: Config) -> int:
+        """model.num_classes from the shards; a conditional resume keeps its own classes."""
+        where = self.shards.manifest_path or cfg.data.shards
+        if self.resume_from is not None and cfg.model.conditional:
+            check_resume_classes(self.resume_from, self.shards.class_names, where)
+        return settle_classes(cfg, self.shards.class_names, where)
 
     # ------------------------------------------------------------------ loop
     def train(self) -> dict[str, float]:
@@ -227,6 +242,11 @@ class Trainer(Steps):
         cfg = self.cfg
         n_critic = cfg.optim.n_critic
         remaining = cfg.train.steps - self.step
+        # Auto threads on a CPU: the faster of all of them and one, by measured steps.
+        auto = self.threads_why not in ("train.threads", "OMP_NUM_THREADS")
+        self.tuner = ThreadTuner(cfg.train.threads, auto and self.device.type == "cpu")
+        if self.tuner.active:
+            self.threads_why += f"; 1 or {cfg.train.threads} by measured step time"
         self.runlog.say(self.plan(remaining))
         self.signals.install()
         if remaining <= 0:
@@ -255,6 +275,7 @@ class Trainer(Steps):
         last: dict[str, float] = {}
         inst = self.instruments
         while self.step < cfg.train.steps:
+            t0 = time.perf_counter()
             if (spike := self.spike.maybe(self.step, [self.G.opt, self.D.opt])) is not None:
                 self.runlog.say(f"fault injected: learning rates x{spike:g} at step {self.step}")
             # --- n_critic critic phases, then one generator phase, then the EMA; no host read
@@ -276,6 +297,7 @@ class Trainer(Steps):
                                                      self.step * batch, batch))
                 # A stop every rank agrees on, decided one step after the signal (no wait).
                 self.stopped = self.vote.step(self.signals.requested)
+            self.tuner.observe(time.perf_counter() - t0)
             last = self._after_step(real, g_draws["z"], last)
             if self.stopped or self.rolled_back:
                 break
@@ -315,7 +337,9 @@ class Trainer(Steps):
         return last
 
     def _lrs(self) -> dict[str, float]:
-        return {"lr_G": self.G.opt.param_groups[0]["lr"], "lr_D": self.D.opt.param_groups[0]["lr"]}
+        """What the tick reports besides the statistics: learning rates, threads in use."""
+        return {"lr_G": self.G.opt.param_groups[0]["lr"], "lr_D": self.D.opt.param_groups[0]["lr"],
+                "threads": float(torch.get_num_threads())}
 
     def sample(self) -> Path | None:
         """A grid from fixed noise through the EMA generator (main process only)."""
