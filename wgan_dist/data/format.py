@@ -54,6 +54,8 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
+from .names import check_class_names, class_name_problem
+
 FORMAT = "wgan_dist-shards/1"
 MANIFEST = "manifest.json"
 ENC_EXT = {"png": "png", "jpeg": "jpg", "raw": "u8"}  # encoding -> entry extension
@@ -85,14 +87,33 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     for key, typ in REQUIRED.items():
         if not isinstance(manifest.get(key), typ):
             raise DataError(f"{path}: field {key!r} missing or not a {typ.__name__}")
+    _check_fields(path, manifest)
     for s in manifest["shards"]:
         if not (isinstance(s, dict) and isinstance(s.get("name"), str)):
             raise DataError(f"{path}: a shard entry has no name ({s!r})")
+        if class_name_problem(s["name"]):  # a shard lies next to its manifest, nowhere else
+            raise DataError(f"{path}: shard name {s['name'][:80]!r} is not a file name in "
+                            f"the manifest's folder")
     counted = sum(int(s.get("count", 0)) for s in manifest["shards"])
     if counted != manifest["total"]:
         raise DataError(f"{path}: claims {manifest['total']} samples but its shards list "
                         f"{counted}; the manifest does not describe these shards (re-shard)")
     return manifest
+
+
+def _check_fields(path: Path, manifest: dict[str, Any]) -> None:
+    """Values a writer could not have written: a damaged or hand-made manifest, named as
+    such (a hint to set ``data.channels=0`` would only fail again)."""
+    if manifest["resolution"] < 1:
+        raise DataError(f"{path}: resolution {manifest['resolution']} is not a size (damaged "
+                        f"manifest; re-shard)")
+    if manifest["channels"] not in (1, 3):
+        raise DataError(f"{path}: channels {manifest['channels']} is not 1 or 3 (damaged "
+                        f"manifest; re-shard)")
+    try:
+        check_class_names(manifest["class_names"], str(path))
+    except ValueError as e:
+        raise DataError(f"{e} (re-shard, or fix class_names in the manifest)") from None
 
 
 def shard_paths(manifest_path: str | Path, manifest: dict[str, Any]) -> list[Path]:

