@@ -71,7 +71,7 @@ class shard_stream:
 @dataclass(frozen=True)
 class read_tar:
     """Shard URLs -> samples {"__key__", "__url__", "png" | "jpg" | "u8", "cls", ...}, read by
-    ``format.iter_samples`` (``fast``: the mmap scanner for local plain tars).
+    ``format.iter_samples`` (``fast``: the pread scanner for local plain tars).
 
     With ``expected`` (url -> (count, sha256) from the manifest) every shard is checked the
     first time this worker opens it (its sha256) and every time it is read through (its
@@ -245,7 +245,7 @@ def build_pipeline(urls: list[str], *, rank: int, world: int, seed: int, batch_s
                    hflip: bool = False, batches_per_worker: int,
                    skip_batches: int = 0, fast_tar: bool = True,
                    expected: dict | None = None) -> wds.DataPipeline:
-    """The stages, in order. batch_size is per process; ``fast_tar``: format's mmap reader
+    """The stages, in order. batch_size is per process; ``fast_tar``: format's pread reader
     (else webdataset's, for the benchmark that justifies keeping ours)."""
     k = skip_batches
     return wds.DataPipeline(
