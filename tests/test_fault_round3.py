@@ -335,3 +335,24 @@ def test_shard_changed_while_read_is_named(builtin_shards, tmp_path, workers, da
     assert code == 2, f"exit {code}\n{out[-3000:]}"
     (line,) = error_lines(out)
     assert str(target) in line and "Traceback" not in out, out[-3000:]
+
+
+# ------------------------------------------------------------------------ 6. logging and NaN
+@pytest.mark.parametrize("lr", ["optim.lr_d", "optim.lr_g"])
+def test_logging_survives_non_finite_statistics(builtin_shards, tmp_path, lr):
+    """A learning rate of 1e30 makes every statistic NaN. The penalty histogram, gradient maps
+    and sample grids must not end the run (it raised "The histogram is empty" at the first
+    sample step, before any checkpoint). This tests the logging only: what a run should do
+    about the divergence itself is another finding."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    code, out = run_cli(tiny_overrides(builtin_shards, run, **{lr: 1e30}), tmp_path)
+    assert "histogram" not in out and "RuntimeWarning" not in out, out[-3000:]
+    assert code == 0, out[-3000:]
+    assert ckpt.load_checkpoint(run)["step"] == 6
+    events = EventAccumulator(str(run / "logs"))
+    events.Reload()
+    nonfinite = [e.value for e in events.Scalars("GP/fraction_norm_nonfinite")]
+    assert len(nonfinite) == 2 and nonfinite[-1] > 0  # steps 3 and 6, said, not raised
+    assert len(list((run / "samples").glob("step-*.png"))) == 2
