@@ -356,3 +356,49 @@ def test_logging_survives_non_finite_statistics(builtin_shards, tmp_path, lr):
     nonfinite = [e.value for e in events.Scalars("GP/fraction_norm_nonfinite")]
     assert len(nonfinite) == 2 and nonfinite[-1] > 0  # steps 3 and 6, said, not raised
     assert len(list((run / "samples").glob("step-*.png"))) == 2
+
+
+# ------------------------------------------------------------------------ 9. exit codes and hints
+def launch_env(**extra: str) -> dict[str, str]:
+    drop = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "NPROC", "NNODES")
+    e = {k: v for k, v in env().items() if k not in drop and not k.startswith("ACCELERATE_")}
+    e.update(PYTHON=PY, NPROC="1", **extra)
+    return e
+
+
+def ctrl_c_at_step_3(cmd: list[str], shards: Path, run: Path, log: Path,
+                     **extra_env: str) -> tuple[int, str]:
+    """Start a launch in its own session, press Ctrl-C (SIGINT to the whole process group,
+    as a terminal does) once it is at step 3; its exit code and output."""
+    args = tiny_overrides(shards, run, **{
+        "data.workers": 1, "train.steps": 100000, "log.tick_every": 1, "log.ckpt_every": 100000,
+        "log.sample_every": 100000})
+    with open(log, "w") as f:
+        proc = subprocess.Popen([*cmd, *args], cwd=REPO, env=launch_env(**extra_env), stdout=f,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for(proc, log, "step      3/")
+    os.killpg(proc.pid, signal.SIGINT)
+    return finish(proc, log)
+
+
+def test_ctrl_c_under_launch_torchrun_sh_exits_75(builtin_shards, tmp_path):
+    """torchrun itself exits 1 after a signal (its SignalException); our script gives 75."""
+    run = tmp_path / "run"
+    code, out = ctrl_c_at_step_3(["bash", "launch/torchrun.sh"], builtin_shards, run,
+                                 tmp_path / "t.log", TMPDIR=str(tmp_path))
+    assert code == 75, f"exit {code}\n{out[-3000:]}"
+    assert "stop requested: saved" in out and ckpt.load_checkpoint(run)["step"] >= 3
+    assert not list(tmp_path.glob("wgan_dist-exit.*")), "the exit-code folder was left behind"
+
+
+def test_ctrl_c_under_accelerate_launch_saves_the_checkpoint(builtin_shards, tmp_path):
+    """accelerate launch passes a Ctrl-C on as SIGTERM within milliseconds: that is the same
+    stop request, not a second one, so the checkpoint is written (it was not: "second stop
+    signal: stopping now, without a checkpoint"). The launcher's own code is 130, as
+    docs/faults.md says."""
+    run = tmp_path / "run"
+    code, out = ctrl_c_at_step_3([PY, "-m", "accelerate.commands.launch", "--num_processes", "1",
+                                  "--cpu", "-m", "wgan_dist.train"], builtin_shards, run,
+                                 tmp_path / "a.log")
+    assert "without a checkpoint" not in out and "stop requested: saved" in out, out[-3000:]
+    assert code == 130 and ckpt.load_checkpoint(run)["step"] >= 3

@@ -1,0 +1,44 @@
+# Sourced by launch/torchrun.sh and launch/deepspeed.sh (not a script of its own): run
+# "${cmd[@]}" (a launcher) and exit with the training processes' own code where the launcher
+# would report another.
+#
+#   relay NPROC      NPROC: training processes the launcher starts on this machine
+#
+# Why: after a stop signal torchrun exits 1 (its SignalException) and `accelerate launch` 130,
+# even when every training process wrote its checkpoint and exited 75. Each training process
+# leaves its exit code in $WGAN_DIST_EXIT_DIR/rank-N (wgan_dist/exits.py); when all NPROC of
+# them say 75, this exits 75 ("stopped with a checkpoint: resume"). A process ended without a
+# checkpoint leaves no code, and the launcher's own code stands.
+#
+# Signals: the launcher runs in its own process group, so a Ctrl-C in the terminal reaches it
+# once, from here (SIGINT to the whole group would reach it twice). SIGINT, SIGTERM, SIGHUP
+# and SIGUSR1 to this script are passed to the launcher, which passes them to the training
+# processes. Multi-node runs (a DeepSpeed HOSTFILE, NNODES > 1): each node's script sees only
+# its own processes' codes.
+
+relay() {
+    local nproc=$1 pid rc sig codes
+    WGAN_DIST_EXIT_DIR=$(mktemp -d "${TMPDIR:-/tmp}/wgan_dist-exit.XXXXXX")
+    export WGAN_DIST_EXIT_DIR
+    set -m  # job control: the launcher and its children get their own process group
+    "${cmd[@]}" &
+    pid=$!
+    set +m
+    for sig in INT TERM HUP USR1; do
+        # shellcheck disable=SC2064  # $pid is fixed now
+        trap "kill -$sig $pid 2>/dev/null || true" "$sig"
+    done
+    while :; do
+        rc=0
+        wait "$pid" || rc=$?
+        kill -0 "$pid" 2>/dev/null || break  # a trap cut the wait short: keep waiting
+    done
+    codes=$(cat "$WGAN_DIST_EXIT_DIR"/rank-* 2>/dev/null | sort -u | tr '\n' ' ')
+    if [[ $rc != 0 && $codes == "75 " ]] &&
+            (( $(find "$WGAN_DIST_EXIT_DIR" -name 'rank-*' | wc -l) == nproc )); then
+        echo "every training process stopped with a checkpoint (launcher exit $rc): exit 75, resume with the same command" >&2
+        rc=75
+    fi
+    rm -rf "$WGAN_DIST_EXIT_DIR"
+    exit "$rc"
+}
