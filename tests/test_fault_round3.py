@@ -402,3 +402,59 @@ def test_ctrl_c_under_accelerate_launch_saves_the_checkpoint(builtin_shards, tmp
                                  tmp_path / "a.log")
     assert "without a checkpoint" not in out and "stop requested: saved" in out, out[-3000:]
     assert code == 130 and ckpt.load_checkpoint(run)["step"] >= 3
+
+
+@pytest.mark.parametrize("cmd,args,message", [
+    ("generate", ["--num", "0"], "error: --num 0: must be >= 1"),
+    ("generate", ["--num", "-5"], "error: --num -5: must be >= 1"),
+    ("generate", ["--interpolate", "-1"], "error: --interpolate -1: must be >= 0"),
+    ("evaluate", ["--num", "-5"], "error: --num -5: must be >= 2"),
+    ("evaluate", ["--num", "0"], "error: --num 0: must be >= 2"),
+])
+def test_generate_and_evaluate_refuse_impossible_counts(cond_run, tmp_path, cmd, args, message):
+    """Refused in one line, exit 2, before anything is loaded or created (generate --num 0
+    wrote 64 images; --num -5 was a RuntimeError, exit 1, and left an empty folder)."""
+    out_dir = tmp_path / "out"
+    code, out = command(cmd, "--checkpoint", str(cond_run), *args, "--out", str(out_dir))
+    assert code == 2 and out.strip().startswith(message) and len(out.strip().splitlines()) == 1, out
+    assert not out_dir.exists()
+
+
+def test_evaluate_refuses_an_out_that_is_a_folder_before_computing(cond_run, tmp_path):
+    code, out = command("evaluate", "--checkpoint", str(cond_run), "--num", "16", "--out",
+                        str(tmp_path))
+    assert code == 2, out
+    assert out.strip() == (f"error: --out {tmp_path}: is a directory; give the path of the JSON "
+                           f"file to write (e.g. {tmp_path / 'evaluate.json'})")
+    code, out = command("evaluate", "--checkpoint", str(cond_run), "--num", "16", "--out",
+                        str(tmp_path / "new" / "eval.json"))
+    assert code == 0, out
+    assert json.loads((tmp_path / "new" / "eval.json").read_text())["num_fake"] == 16
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["train.micro_batch=3", "train.batch_size=16"],
+     "config error: train.micro_batch=3 does not divide train.batch_size=16: the last "
+     "micro-batch would hold 1; choose one of 2, 4, 8"),
+    (["train.seed=1e20"], "config error: train.seed=100000000000000000000: must be >= 0 and < 2**63"),
+])
+def test_settings_that_failed_late_are_refused_at_load(builtin_shards, tmp_path, overrides,
+                                                       message):
+    """micro_batch 3 of 16 ended in a BatchNorm error naming no setting; seed 1e20 trained and
+    then failed in the evaluation with an overflow."""
+    code, out = run_cli(tiny_overrides(builtin_shards, tmp_path / "run") + overrides, tmp_path)
+    assert code == 2 and out.strip().splitlines()[-1] == message, out[-3000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_manifest_with_zero_channels_names_the_manifest(builtin_shards, tmp_path):
+    """It suggested data.channels=0, which the config then refuses."""
+    shards = tmp_path / "shards"
+    shutil.copytree(builtin_shards, shards)
+    m = manifest(shards)
+    m["channels"] = 0
+    (shards / "manifest.json").write_text(json.dumps(m))
+    code, out = run_cli(tiny_overrides(shards, tmp_path / "run"), tmp_path)
+    assert code == 2, out[-3000:]
+    assert error_lines(out) == [f"error: {shards}/manifest.json: channels 0 is not 1 or 3 "
+                                f"(damaged manifest; re-shard)"]
