@@ -458,3 +458,33 @@ def test_manifest_with_zero_channels_names_the_manifest(builtin_shards, tmp_path
     assert code == 2, out[-3000:]
     assert error_lines(out) == [f"error: {shards}/manifest.json: channels 0 is not 1 or 3 "
                                 f"(damaged manifest; re-shard)"]
+
+
+def test_loading_while_rotation_deletes_is_never_called_damaged(tmp_path):
+    """A reader (generate, evaluate on a live run dir) lists the newest checkpoint; the run
+    saves a newer one and rotation deletes the listed one before it is opened. That was
+    "damaged or incomplete" (8 of 472 loads): now the list is read again."""
+    run = tmp_path / "run"
+    writer = ("import sys, torch\n"
+              "from wgan_dist.training import checkpoint as ckpt\n"
+              "step = 1\n"
+              "while True:\n"
+              "    ckpt.save_checkpoint({'step': step, 'w': torch.full((256,), float(step))},\n"
+              "                         sys.argv[1], step, keep=1)\n"
+              "    step += 1\n")
+    proc = subprocess.Popen([PY, "-c", writer, str(run)], cwd=REPO, env=env())
+    try:
+        deadline = time.time() + 60
+        while ckpt.latest_checkpoint(run) is None:
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        steps, rotated = [], []
+        for _ in range(400):
+            state = ckpt.load_checkpoint(run, log=rotated.append)
+            assert float(state["w"][0]) == state["step"]  # the file verified is the file read
+            steps.append(state["step"])
+    finally:
+        proc.kill()
+        proc.wait()
+    assert steps == sorted(steps) and steps[-1] > steps[0] + 20, steps[::40]
+    assert all("rotated away while being read; retrying the newest" in m for m in rotated)

@@ -17,13 +17,14 @@ import os
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import torch
 
 FORMAT = "wgan_dist-checkpoint/1"
 NAME = re.compile(r"^step-(\d{8})\.pt$")
 TMP = re.compile(r"^\.step-\d{8}\.pt\.tmp-\d+$")
+ROTATION_RETRIES = 20  # a reader re-lists this often when rotation deletes what it listed
 
 
 class CheckpointError(ValueError):
@@ -54,7 +55,15 @@ def verify(path: Path) -> None:
     loads as a wrong value). Raises CheckpointError naming the file and the damage."""
     path = Path(path)
     try:
-        with zipfile.ZipFile(path) as z:
+        with open(path, "rb") as f:
+            _verify_open(f, path)
+    except OSError as e:
+        raise CheckpointError(f"{path}: damaged or incomplete checkpoint ({type(e).__name__}: {e})") from None
+
+
+def _verify_open(f: BinaryIO, path: Path) -> None:
+    try:
+        with zipfile.ZipFile(f) as z:
             bad = z.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
         raise CheckpointError(f"{path}: damaged or incomplete checkpoint ({type(e).__name__}: {e})") from None
@@ -62,16 +71,39 @@ def verify(path: Path) -> None:
         raise CheckpointError(f"{path}: damaged checkpoint (checksum mismatch in {bad})")
 
 
+def _open_newest(run_dir: Path, log: Callable[[str], None] = lambda m: None
+                 ) -> tuple[Path | None, BinaryIO | None, list[str]]:
+    """The newest checkpoint that verifies, opened (what is read later is what was verified,
+    whatever rotation does to the name meanwhile), and one line for each newer one skipped.
+    A file that vanishes between listing and opening was rotated away by a run still
+    saving: the list is read again, not the file called damaged."""
+    for _ in range(ROTATION_RETRIES):
+        skipped: list[str] = []
+        for path in reversed(list_checkpoints(run_dir)):
+            try:
+                f = open(path, "rb")
+            except FileNotFoundError:
+                log(f"{path.name} was rotated away while being read; retrying the newest")
+                break
+            try:
+                _verify_open(f, path)
+                f.seek(0)
+                return path, f, skipped
+            except CheckpointError as e:
+                f.close()
+                skipped.append(str(e))
+        else:
+            return None, None, skipped
+    raise CheckpointError(f"{checkpoint_dir(run_dir)}: checkpoints kept being rotated away while "
+                          f"being read ({ROTATION_RETRIES} tries)")
+
+
 def latest_verified(run_dir: Path) -> tuple[Path | None, list[str]]:
     """The newest checkpoint that verifies, and one line for each newer one skipped."""
-    skipped = []
-    for path in reversed(list_checkpoints(run_dir)):
-        try:
-            verify(path)
-            return path, skipped
-        except CheckpointError as e:
-            skipped.append(str(e))
-    return None, skipped
+    path, f, skipped = _open_newest(run_dir)
+    if f is not None:
+        f.close()
+    return path, skipped
 
 
 def atomic_save(obj: dict[str, Any], path: Path) -> None:
@@ -177,22 +209,30 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu",
     """Read a checkpoint file safely: verified first, then ``weights_only=True``. A run dir
     (or its checkpoints/) gives its newest checkpoint that verifies (``log`` hears about the
     damaged ones skipped)."""
-    path = Path(path)
+    path, say = Path(path), log or (lambda m: None)
     if path.is_dir():
         run = path.parent if path.name == "checkpoints" else path
-        found, skipped = latest_verified(run)
+        found, f, skipped = _open_newest(run, say)
         for line in skipped:
-            (log or (lambda m: None))(f"skipping {line}")
+            say(f"skipping {line}")
         if found is None:
             why = f"; {len(skipped)} damaged: {skipped[0]}" if skipped else ""
             raise FileNotFoundError(f"{path}: no usable checkpoint (looked in {checkpoint_dir(run)}{why})")
         path = found
-    elif not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
     else:
-        verify(path)
+        try:
+            f = open(path, "rb")
+        except (FileNotFoundError, IsADirectoryError):
+            raise FileNotFoundError(f"{path}: no such checkpoint") from None
+        try:
+            _verify_open(f, path)
+            f.seek(0)
+        except BaseException:
+            f.close()
+            raise
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with f:  # the file verified above, read through the same descriptor
+            state = torch.load(f, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for corrupt/truncated files
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
