@@ -488,3 +488,26 @@ def test_loading_while_rotation_deletes_is_never_called_damaged(tmp_path):
         proc.wait()
     assert steps == sorted(steps) and steps[-1] > steps[0] + 20, steps[::40]
     assert all("rotated away while being read; retrying the newest" in m for m in rotated)
+
+
+def test_loader_worker_does_not_outlive_a_killed_rank(builtin_shards, tmp_path):
+    """What a launcher does when a rank dies: SIGTERM to the group, then the rank is gone
+    (SIGKILL). Its loader worker outlived it by ~60 s (a non-daemon SIGTERM clock kept the
+    worker's interpreter from exiting); now it follows within a second or two."""
+    log = tmp_path / "o.log"
+    proc = start(tiny_overrides(builtin_shards, tmp_path / "run", **{
+        "data.workers": 1, "train.steps": 100000, "log.tick_every": 1,
+        "log.ckpt_every": 100000, "log.sample_every": 100000}), log)
+    wait_for(proc, log, "step      3/")
+    assert len(session_members(proc.pid)) == 2  # the trainer and its loader worker
+    os.killpg(proc.pid, signal.SIGTERM)
+    time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    t0 = time.time()
+    while session_members(proc.pid) and time.time() - t0 < 20:
+        time.sleep(0.1)
+    left = session_members(proc.pid)
+    if left:
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert not left and time.time() - t0 < 5, f"worker {left} lived {time.time() - t0:.1f} s on"
