@@ -511,3 +511,27 @@ def test_loader_worker_does_not_outlive_a_killed_rank(builtin_shards, tmp_path):
     if left:
         os.killpg(proc.pid, signal.SIGKILL)
     assert not left and time.time() - t0 < 5, f"worker {left} lived {time.time() - t0:.1f} s on"
+
+
+def read_only(folder: Path, on: bool) -> None:
+    """Make a folder unwritable, for root too (the immutable attribute; root ignores modes)."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555 if on else 0o755)
+        return
+    subprocess.run(["chattr", "+i" if on else "-i", str(folder)], check=True)
+
+
+def test_read_only_run_dir_is_one_line(builtin_shards, tmp_path):
+    """A run dir whose logs/ cannot be written: one line (it was TensorBoard's writer thread's
+    38-line traceback, then the line)."""
+    run = tmp_path / "run"
+    (run / "logs").mkdir(parents=True)
+    read_only(run / "logs", True)
+    try:
+        code, out = run_cli(tiny_overrides(builtin_shards, run), tmp_path)
+    finally:
+        read_only(run / "logs", False)
+    assert code == 2 and "Traceback" not in out, out[-3000:]
+    (line,) = error_lines(out)
+    assert line.startswith(f"error: PermissionError: {run}/logs: cannot write in the run "
+                           f"directory (") and line.endswith("choose another log.run_dir"), line

@@ -178,12 +178,26 @@ def prepare_run_dir(run_dir: Path, clear_checkpoints: bool) -> None:
     behind; with ``clear_checkpoints`` remove old checkpoints too."""
     for sub in ("logs", "samples", "checkpoints"):
         (Path(run_dir) / sub).mkdir(parents=True, exist_ok=True)
+        _check_writable(Path(run_dir) / sub)
     for p in checkpoint_dir(run_dir).iterdir():
         if TMP.match(p.name):
             p.unlink(missing_ok=True)
     if clear_checkpoints:
         for p in list_checkpoints(run_dir):
             p.unlink()
+
+
+def _check_writable(folder: Path) -> None:
+    """Create and remove a file in ``folder``: a run dir that cannot be written is one line
+    now, not a TensorBoard thread's traceback when its event file is opened, or a lost
+    checkpoint hours later."""
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"{folder}: cannot write in the run directory ({e.strerror}); "
+                              f"fix its permissions or choose another log.run_dir") from None
 
 
 def resume_message(state: dict[str, Any], old: Any, cfg: Any, world: int, batch: int) -> str:
