@@ -256,6 +256,22 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu",
     return state
 
 
+def check_resume_classes(state: dict[str, Any], class_names: list[str], num_classes: int,
+                         where: Any) -> None:
+    """A conditional checkpoint resumed on shards whose class names differ from the ones it
+    was trained on (same count, other names or another order): label k would silently mean
+    another class. Refused, naming both lists (the trainer calls this on resume)."""
+    saved = list(state.get("class_names") or [])
+    if not num_classes or not saved or saved == list(class_names):
+        return
+    def shown(names: list[str]) -> str:
+        return ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+    raise CheckpointError(f"{state['path']} was trained on the classes {shown(saved)} but {where} "
+                          f"has {shown(list(class_names))}: each label would mean another class; "
+                          f"resume with the data it was trained on, or start a new run "
+                          f"(log.run_dir=...) for these classes")
+
+
 def load_module_state(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str,
                       path: str) -> None:
     """load_state_dict with an error that says which shapes do not fit the config."""
