@@ -10,11 +10,12 @@
 # them say 75, this exits 75 ("stopped with a checkpoint: resume"). A process ended without a
 # checkpoint leaves no code, and the launcher's own code stands.
 #
-# Signals: the launcher runs in its own process group, so a Ctrl-C in the terminal reaches it
-# once, from here (SIGINT to the whole group would reach it twice). SIGINT, SIGTERM, SIGHUP
-# and SIGUSR1 to this script are passed to the launcher, which passes them to the training
-# processes. Multi-node runs (a DeepSpeed HOSTFILE, NNODES > 1): each node's script sees only
-# its own processes' codes.
+# Signals: the launcher runs in its own process group; SIGINT, SIGTERM, SIGHUP and SIGUSR1 to
+# this script (a Ctrl-C in the terminal included) are passed to that whole group, as a
+# terminal would: the launcher and everything it started (the deepspeed runner only waits on
+# its children; they must hear it themselves). The trainer takes the launcher's copy that
+# follows as the same request (training/signals.py). Multi-node runs (a DeepSpeed HOSTFILE,
+# NNODES > 1): each node's script sees only its own processes' codes.
 
 relay() {
     local nproc=$1 pid rc sig codes
@@ -26,12 +27,18 @@ relay() {
     set +m
     for sig in INT TERM HUP USR1; do
         # shellcheck disable=SC2064  # $pid is fixed now
-        trap "kill -$sig $pid 2>/dev/null || true" "$sig"
+        trap "kill -$sig -- -$pid 2>/dev/null || true" "$sig"
     done
     while :; do
         rc=0
         wait "$pid" || rc=$?
         kill -0 "$pid" 2>/dev/null || break  # a trap cut the wait short: keep waiting
+    done
+    # The deepspeed runner can exit before the processes it started: wait for the group
+    # (at most 60 s), so that their exit codes are in and nothing is left running.
+    for _ in $(seq 300); do
+        kill -0 -- "-$pid" 2>/dev/null || break
+        sleep 0.2
     done
     codes=$(cat "$WGAN_DIST_EXIT_DIR"/rank-* 2>/dev/null | sort -u | tr '\n' ' ')
     if [[ $rc != 0 && $codes == "75 " ]] &&
