@@ -21,8 +21,15 @@ relay() {
     local nproc=$1 pid rc sig codes
     WGAN_DIST_EXIT_DIR=$(mktemp -d "${TMPDIR:-/tmp}/wgan_dist-exit.XXXXXX")
     export WGAN_DIST_EXIT_DIR
+    # If this script is killed outright (SIGKILL to its process group: a test harness, a
+    # supervisor), the launcher in its own group would run on: it gets SIGTERM instead, the
+    # ordinary stop (util-linux setpriv; without it, that case is not covered).
+    local guard=()
+    if setpriv --pdeathsig TERM true 2>/dev/null; then
+        guard=(setpriv --pdeathsig TERM)
+    fi
     set -m  # job control: the launcher and its children get their own process group
-    "${cmd[@]}" &
+    "${guard[@]}" "${cmd[@]}" &
     pid=$!
     set +m
     for sig in INT TERM HUP USR1; do

@@ -586,3 +586,28 @@ def test_class_count_refusal_on_resume_gives_a_hint_that_works(cond_run, tmp_pat
     (line,) = error_lines(out)
     assert "model.num_classes=0" not in line and "was trained on 8 classes" in line and \
         "resume with the data it was trained on" in line, line
+
+
+def test_launch_script_killed_outright_stops_its_launcher(builtin_shards, tmp_path):
+    """launch/relay.sh runs the launcher in a process group of its own (one Ctrl-C, one
+    signal); SIGKILL to the script's group must still stop the launcher (setpriv's parent-death
+    signal: SIGTERM, the ordinary stop, with its checkpoint), not leave it training."""
+    run, log = tmp_path / "run", tmp_path / "k.log"
+    args = tiny_overrides(builtin_shards, run, **{
+        "data.workers": 1, "train.steps": 100000, "log.tick_every": 1, "log.ckpt_every": 100000,
+        "log.sample_every": 100000})
+    with open(log, "w") as f:
+        proc = subprocess.Popen(["bash", "launch/torchrun.sh", *args], cwd=REPO,
+                                env=launch_env(TMPDIR=str(tmp_path)), stdout=f,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for(proc, log, "step      3/")
+    os.killpg(proc.pid, signal.SIGKILL)  # bash only: the launcher is in another group
+    proc.wait()
+    t0 = time.time()
+    while session_members(proc.pid) and time.time() - t0 < 60:
+        time.sleep(0.2)
+    left = session_members(proc.pid)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"the launcher outlived its script: {left}\n{log.read_text()[-3000:]}"
+    assert "stop requested: saved" in log.read_text() and ckpt.load_checkpoint(run)["step"] >= 3
