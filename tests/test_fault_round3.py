@@ -35,6 +35,12 @@ from wgan_dist.training import checkpoint as ckpt
 COND = {"model.conditional": True, "model.cond": "both", "loss.ac_fake": True}
 
 
+def tiny(shards: Path, run_dir: Path, **extra) -> list[str]:
+    """conftest's tiny model, with a 64-image final evaluation (1000 by default: most of a
+    tiny run's time)."""
+    return tiny_overrides(shards, run_dir, **{"eval.num": 64, **extra})
+
+
 def command(module: str, *args: str, timeout: float = 120, **popen) -> tuple[int, str]:
     """Run ``python -m wgan_dist.<module> ARGS``; (exit code, stdout + stderr)."""
     r = subprocess.run([PY, "-m", f"wgan_dist.{module}", *args], cwd=REPO, env=env(),
@@ -71,7 +77,7 @@ def drawing_line(word: str, cls: int = 0, i: int = 0) -> str:
 def cond_run(builtin_shards, tmp_path_factory) -> Path:
     """A finished 6-step conditional run on the built-in test shards (8 classes)."""
     tmp = tmp_path_factory.mktemp("cond")
-    code, out = run_cli([*tiny_overrides(builtin_shards, tmp / "run", **COND)], tmp)
+    code, out = run_cli([*tiny(builtin_shards, tmp / "run", **COND)], tmp)
     assert code == 0, out[-3000:]
     return tmp / "run"
 
@@ -96,7 +102,7 @@ def test_ndjson_words_that_are_paths_never_leave_out(tmp_path):
     assert "'../../escape': contains a path separator" in bad[f"{src}/cat.ndjson:13"]
 
     run, gen = tmp_path / "run", tmp_path / "a" / "b" / "gen"
-    code, out = run_cli(tiny_overrides(tmp_path / "shards", run, **COND), tmp_path)
+    code, out = run_cli(tiny(tmp_path / "shards", run, **COND), tmp_path)
     assert code == 0, out[-3000:]
     code, out = command("generate", "--checkpoint", str(run), "--num", "2", "--out", str(gen))
     assert code == 0, out
@@ -111,7 +117,7 @@ def test_manifest_class_name_that_is_a_path_is_refused(builtin_shards, tmp_path)
     m = manifest(shards)
     m["class_names"][2] = "../../escape"
     (shards / "manifest.json").write_text(json.dumps(m))
-    code, out = run_cli(tiny_overrides(shards, tmp_path / "run", **COND), tmp_path)
+    code, out = run_cli(tiny(shards, tmp_path / "run", **COND), tmp_path)
     assert code == 2, out[-3000:]
     (line,) = error_lines(out)
     assert f"{shards}/manifest.json: class name '../../escape' cannot be used" in line, line
@@ -326,7 +332,7 @@ def test_shard_changed_while_read_is_named(builtin_shards, tmp_path, workers, da
     with open(shards / "shard-000000.tar", "rb") as f:
         smaller.write_bytes(f.read(40_000))
     log = tmp_path / "t.log"
-    proc = start(tiny_overrides(shards, tmp_path / "run", **{
+    proc = start(tiny(shards, tmp_path / "run", **{
         "data.workers": workers, "train.steps": 100000, "log.tick_every": 1,
         "log.ckpt_every": 100000, "log.sample_every": 100000, "data.shuffle_buffer": 1}), log)
     wait_for(proc, log, "step      3/")
@@ -352,7 +358,7 @@ def test_logging_survives_non_finite_statistics(builtin_shards, tmp_path, lr):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "run"
-    code, out = run_cli(tiny_overrides(builtin_shards, run, **{lr: 1e30}), tmp_path)
+    code, out = run_cli(tiny(builtin_shards, run, **{lr: 1e30}), tmp_path)
     assert "histogram" not in out and "RuntimeWarning" not in out, out[-3000:]
     assert code == 0, out[-3000:]
     assert ckpt.load_checkpoint(run)["step"] == 6
@@ -375,7 +381,7 @@ def ctrl_c_at_step_3(cmd: list[str], shards: Path, run: Path, log: Path,
                      **extra_env: str) -> tuple[int, str]:
     """Start a launch in its own session, press Ctrl-C (SIGINT to the whole process group,
     as a terminal does) once it is at step 3; its exit code and output."""
-    args = tiny_overrides(shards, run, **{
+    args = tiny(shards, run, **{
         "data.workers": 1, "train.steps": 100000, "log.tick_every": 1, "log.ckpt_every": 100000,
         "log.sample_every": 100000})
     with open(log, "w") as f:
@@ -453,7 +459,7 @@ def test_settings_that_failed_late_are_refused_at_load(builtin_shards, tmp_path,
                                                        message):
     """micro_batch 3 of 16 ended in a BatchNorm error naming no setting; seed 1e20 trained and
     then failed in the evaluation with an overflow."""
-    code, out = run_cli(tiny_overrides(builtin_shards, tmp_path / "run") + overrides, tmp_path)
+    code, out = run_cli(tiny(builtin_shards, tmp_path / "run") + overrides, tmp_path)
     assert code == 2 and out.strip().splitlines()[-1] == message, out[-3000:]
     assert not (tmp_path / "run").exists()
 
@@ -465,7 +471,7 @@ def test_manifest_with_zero_channels_names_the_manifest(builtin_shards, tmp_path
     m = manifest(shards)
     m["channels"] = 0
     (shards / "manifest.json").write_text(json.dumps(m))
-    code, out = run_cli(tiny_overrides(shards, tmp_path / "run"), tmp_path)
+    code, out = run_cli(tiny(shards, tmp_path / "run"), tmp_path)
     assert code == 2, out[-3000:]
     assert error_lines(out) == [f"error: {shards}/manifest.json: channels 0 is not 1 or 3 "
                                 f"(damaged manifest; re-shard)"]
@@ -506,7 +512,7 @@ def test_loader_worker_does_not_outlive_a_killed_rank(builtin_shards, tmp_path):
     (SIGKILL). Its loader worker outlived it by ~60 s (a non-daemon SIGTERM clock kept the
     worker's interpreter from exiting); now it follows within a second or two."""
     log = tmp_path / "o.log"
-    proc = start(tiny_overrides(builtin_shards, tmp_path / "run", **{
+    proc = start(tiny(builtin_shards, tmp_path / "run", **{
         "data.workers": 1, "train.steps": 100000, "log.tick_every": 1,
         "log.ckpt_every": 100000, "log.sample_every": 100000}), log)
     wait_for(proc, log, "step      3/")
@@ -539,7 +545,7 @@ def test_read_only_run_dir_is_one_line(builtin_shards, tmp_path):
     (run / "logs").mkdir(parents=True)
     read_only(run / "logs", True)
     try:
-        code, out = run_cli(tiny_overrides(builtin_shards, run), tmp_path)
+        code, out = run_cli(tiny(builtin_shards, run), tmp_path)
     finally:
         read_only(run / "logs", False)
     assert code == 2 and "Traceback" not in out, out[-3000:]
@@ -593,7 +599,7 @@ def test_launch_script_killed_outright_stops_its_launcher(builtin_shards, tmp_pa
     signal); SIGKILL to the script's group must still stop the launcher (setpriv's parent-death
     signal: SIGTERM, the ordinary stop, with its checkpoint), not leave it training."""
     run, log = tmp_path / "run", tmp_path / "k.log"
-    args = tiny_overrides(builtin_shards, run, **{
+    args = tiny(builtin_shards, run, **{
         "data.workers": 1, "train.steps": 100000, "log.tick_every": 1, "log.ckpt_every": 100000,
         "log.sample_every": 100000})
     with open(log, "w") as f:
