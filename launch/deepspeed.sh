@@ -18,6 +18,9 @@
 #   MASTER_PORT       the rendezvous port (default 29500)
 #   PYTHON            the interpreter whose `deepspeed` launcher runs (default: python)
 #
+# Stopping: Ctrl-C or SIGTERM/SIGUSR1 to this script checkpoints every process and exits 75
+# (on one machine; see launch/relay.sh).
+#
 # The same run under torchrun: BACKEND=deepspeed bash launch/torchrun.sh ...; under accelerate:
 # accelerate launch --config_file launch/accelerate_deepspeed_8gpu.yaml -m wgan_dist.train ...
 set -euo pipefail
@@ -51,4 +54,8 @@ if [[ ${DRY_RUN:-0} == 1 ]]; then
     exit 0
 fi
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-exec "${cmd[@]}"
+# shellcheck source=launch/relay.sh
+source "$REPO/launch/relay.sh"
+# Exit 75 when every process stopped with a checkpoint (the launcher would say otherwise);
+# with a HOSTFILE the processes are elsewhere and the launcher's own code stands.
+relay "$([[ -n ${HOSTFILE:-} ]] && echo 0 || echo "$NPROC")"

@@ -26,8 +26,9 @@
 #   DEEPSPEED_CONFIG  their DeepSpeed config (default launch/deepspeed_zero2.json: ZeRO-2)
 #   PYTHON        the interpreter (default: python)
 #
-# Stopping: SIGTERM, SIGINT or SIGUSR1 to torchrun is passed to every worker, which finishes its
-# generator step, writes a checkpoint and exits (see docs/scaling.md).
+# Stopping: Ctrl-C, or SIGTERM, SIGINT or SIGUSR1 to this script, is passed to torchrun and by it
+# to every worker, which finishes its generator step, writes a checkpoint and exits 75; this
+# script then exits 75 too (torchrun itself would say 1; launch/relay.sh, docs/faults.md).
 set -euo pipefail
 
 # --help / -h: the comment block above, without running anything.
@@ -85,4 +86,6 @@ if [[ ${DRY_RUN:-0} == 1 ]]; then
 fi
 # The package is used from this checkout; relative paths stay relative to where you are.
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-exec "${cmd[@]}"
+# shellcheck source=launch/relay.sh
+source "$REPO/launch/relay.sh"
+relay "$NPROC"  # torchrun exits 1 after a signal; this exits 75 when every worker checkpointed

@@ -133,7 +133,7 @@ def test_killed_rank_restarts_from_last_checkpoint(builtin_shards, tmp_path):
         # Kill rank 1 once a checkpoint exists and training has gone on past it.
         wait_for(lambda: (run / "checkpoints" / "step-00000005.pt").is_file(), proc, log,
                  "the checkpoint of step 5")
-        victim = wait_for(lambda: next((p for p in children(proc.pid) if rank_of(p) == 1), None),
+        victim = wait_for(lambda: next((p for p in descendants(proc.pid) if rank_of(p) == 1), None),
                           proc, log, "the rank-1 worker")
         killed_after = ckpt.latest_checkpoint(run)
         os.kill(victim, signal.SIGKILL)

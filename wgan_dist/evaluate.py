@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -44,6 +45,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """What would fail only after everything was computed, refused before anything is."""
+    if args.num < 2:
+        raise ValueError(f"--num {args.num}: must be >= 2 (the metrics compare pairs of images)")
+    if args.classifier_steps < 1:
+        raise ValueError(f"--classifier-steps {args.classifier_steps}: must be >= 1")
+    if args.out:
+        out = Path(args.out)
+        if out.is_dir():
+            raise ValueError(f"--out {out}: is a directory; give the path of the JSON "
+                             f"file to write (e.g. {out / 'evaluate.json'})")
+        parent = next(p for p in [out.absolute().parent, *out.absolute().parents] if p.exists())
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(f"--out {out}: cannot create a file under {parent}")
+
+
+def _write_json(path: Path, text: str) -> None:
+    """Write atomically: an interrupted write never leaves a half JSON file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
@@ -51,18 +76,19 @@ def main(argv: list[str] | None = None) -> int:
     from .training.monitor import evaluate_checkpoint
 
     try:
+        _check_args(args)
         row = evaluate_checkpoint(
             args.checkpoint, data=args.data, num=args.num, seed=args.seed,
             use_ema=not args.no_ema, fid=args.fid, inception_weights=args.inception_weights,
             classifier=args.classifier, classifier_steps=args.classifier_steps,
             device=args.device, progress=to_stderr)
-    except (FileNotFoundError, ValueError, ImportError) as e:
+    except (FileNotFoundError, ValueError, ImportError, PermissionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     text = json.dumps(row, indent=2)
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        _write_json(Path(args.out), text + "\n")
     return 0
 
 

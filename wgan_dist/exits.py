@@ -59,9 +59,35 @@ def one_line(exc: BaseException) -> str:
     return text
 
 
+EXIT_DIR_ENV = "WGAN_DIST_EXIT_DIR"
+
+
+def report_exit(code: int) -> None:
+    """Leave this process's exit code in ``$WGAN_DIST_EXIT_DIR/rank-<RANK>`` when the variable
+    is set. Launchers report their own code, not the trainer's (``accelerate launch`` 130 after
+    Ctrl-C, torchrun 1 after any signal), so ``launch/relay.sh`` reads these to give 75 when
+    every process stopped with a checkpoint. A process ended by the stop watchdog writes
+    nothing, so it never counts as stopped cleanly."""
+    folder = os.environ.get(EXIT_DIR_ENV)
+    if not folder:
+        return
+    try:
+        with open(os.path.join(folder, f"rank-{int(os.environ.get('RANK', '0'))}"), "w") as f:
+            f.write(f"{code}\n")
+    except (OSError, ValueError):
+        pass  # the launcher's own exit code stands
+
+
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None,
         prefix: str = "error") -> int:
-    """Call a command's ``main`` and turn what escapes it into an exit code and one line."""
+    """Call a command's ``main`` and turn what escapes it into an exit code and one line
+    (also left for the launch scripts, ``report_exit``)."""
+    code = _run(main, argv, prefix)
+    report_exit(code)
+    return code
+
+
+def _run(main: Callable[[list[str] | None], int], argv: list[str] | None, prefix: str) -> int:
     debug = debug_enabled(argv)
     try:
         return main(argv)

@@ -23,6 +23,7 @@ from torchvision.utils import make_grid, save_image
 
 from . import exits
 from .exits import HelpFormatter
+from .data.names import check_class_names, path_under
 from .nets import GeneratorBase
 from .training.samples import class_grid, class_ids, interpolate, load_generator, sample
 
@@ -65,13 +66,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Counts that cannot be drawn, refused before anything is loaded or created."""
+    for flag, value, least in (("--num", args.num, 1), ("--interpolate", args.interpolate, 0),
+                               ("--steps", args.steps, 1)):
+        if value is not None and value < least:
+            raise ValueError(f"{flag} {value}: must be >= {least}")
+
+
+def _write_samples(g: GeneratorBase, classes: list[int] | None, names: list[str], num: int,
+                   seed: int, out: Path) -> int:
+    """``num`` images (per class for a conditional model) and grid.png; returns how many.
+    Class folders are checked to stay under ``out`` before anything is written."""
+    if classes is None:
+        imgs = sample(g, num, seed)
+        paths = [out / f"{i:06d}.png" for i in range(num)]
+        nrow = int(math.ceil(math.sqrt(len(imgs))))
+    else:  # num per class, OUT/<class>/NNNNNN.png, one grid row per class
+        folders = {k: Path(path_under(out, names[k])) for k in classes}
+        imgs = sample(g, num * len(classes), seed,
+                      labels=torch.tensor(classes).repeat_interleave(num))
+        paths = [folders[k] / f"{i:06d}.png" for k in classes for i in range(num)]
+        for folder in folders.values():
+            folder.mkdir(exist_ok=True)
+        nrow = num
+    for img, path in zip(imgs, paths):
+        save_image(img, path, normalize=True, value_range=(-1, 1))
+    save_image(make_grid(imgs, nrow=nrow, normalize=True, value_range=(-1, 1)), out / "grid.png")
+    return len(imgs)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_numbers(args)
         g, meta = load_generator(args.checkpoint, args.device, use_ema=not args.no_ema)
         names = meta["class_names"] or [str(k) for k in range(g.num_classes)]
         meta["class_names"] = names
         classes = _selected_classes(g, args.classes, args.per_class_grid, meta)
+        if classes is not None:  # a checkpoint of an older version may hold any name
+            check_class_names([names[k] for k in classes], meta["path"])
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -92,22 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         save_image(make_grid(imgs, nrow=args.steps, normalize=True, value_range=(-1, 1)), path)
         print(f"wrote {args.interpolate} interpolation strips to {path}")
         return 0
-    num = args.num or 64
-    if classes is None:
-        imgs = sample(g, num, args.seed)
-        paths = [out / f"{i:06d}.png" for i in range(num)]
-        nrow = int(math.ceil(math.sqrt(len(imgs))))
-    else:  # num per class, OUT/<class>/NNNNNN.png, one grid row per class
-        imgs = sample(g, num * len(classes), args.seed,
-                      labels=torch.tensor(classes).repeat_interleave(num))
-        paths = [out / names[k] / f"{i:06d}.png" for k in classes for i in range(num)]
-        for k in classes:
-            (out / names[k]).mkdir(exist_ok=True)
-        nrow = num
-    for img, path in zip(imgs, paths):
-        save_image(img, path, normalize=True, value_range=(-1, 1))
-    save_image(make_grid(imgs, nrow=nrow, normalize=True, value_range=(-1, 1)), out / "grid.png")
-    print(f"wrote {len(imgs)} images and grid.png to {out} (checkpoint {meta['path']}, "
+    n = _write_samples(g, classes, names, 64 if args.num is None else args.num, args.seed, out)
+    print(f"wrote {n} images and grid.png to {out} (checkpoint {meta['path']}, "
           f"step {meta['step']}, {meta['nimg'] / 1000:.1f} kimg)")
     return 0
 

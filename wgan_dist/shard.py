@@ -4,7 +4,7 @@
         [-s/--size 28] [--channels 1|3 | --grayscale | --rgb] [--per-shard 1000]
         [--encoding png|jpeg|raw] [--quality 95] [--workers N] [--limit N]
         [--limit-per-class N] [--seed 0] [--per-class 2000] [--crop N] [--min-size N]
-        [--overwrite] [--no-progress]
+        [--max-pixels 64000000] [--overwrite] [--no-progress]
     python -m wgan_dist.shard quickdraw:bicycle,cat -o shards/qd -s 28   # downloaded by name
     python -m wgan_dist.shard --explore DIR [--grid PATH] [--per-class 8] [--seed 0]
 
@@ -22,6 +22,7 @@ import sys
 from . import exits
 from .exits import HelpFormatter
 from .data.format import ENC_EXT, MANIFEST
+from .data.records import DEFAULT_MAX_PIXELS
 from .data.write import NoSamplesError, summary_line, write_shards
 
 
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                                             "(default: the shorter side)")
     p.add_argument("--min-size", type=int, help="skip images whose shorter side is below N "
                                                 "(default: upscale them)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="skip (and list) images with more pixels than this, read from their "
+                        "header before decoding; 0: no limit")
     p.add_argument("--overwrite", action="store_true", help="replace the shard set in --out")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars")
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                          jpeg_quality=a.quality, workers=a.workers, limit=a.limit,
                          limit_per_class=a.limit_per_class, seed=a.seed, overwrite=a.overwrite,
                          builtin_per_class=a.per_class or 2000, progress=a.progress,
-                         crop=a.crop, min_size=a.min_size)
+                         crop=a.crop, min_size=a.min_size, max_pixels=a.max_pixels or None)
     except NoSamplesError as exc:
         print(f"error: {exc}", file=sys.stderr)
         for s in exc.skipped[:5]:

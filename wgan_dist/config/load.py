@@ -1,8 +1,8 @@
 """Building a Config: defaults, then a preset's YAML, then dotted overrides, each value
 converted to its field's declared type; validated at the end.
 
-Presets are small YAML files in ``configs/`` read with ``yaml.safe_load`` (a ``!!python/...``
-tag is refused, in one line). The resolved tree is written into the run directory as
+Presets are small YAML files in ``configs/`` read as plain YAML (``ConfigYamlLoader``: a
+``!!python/...`` tag, an alias or a file over 1 MiB is refused, in one line). The resolved tree is written into the run directory as
 ``config.yaml`` so a run can always be reproduced.
 """
 from __future__ import annotations
@@ -97,11 +97,49 @@ def resolve_preset(name_or_path: str) -> Path:
     raise ConfigError(f"config {name_or_path!r} not found; presets: {', '.join(known)}")
 
 
-def read_yaml(path: Path) -> Any:
-    """``yaml.safe_load`` of a file, with any refusal or syntax error as one ConfigError line."""
+# Presets are a few KB. Bigger files are refused before parsing: PyYAML takes minutes over a
+# 100 MB quoted string.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_OVERRIDE_CHARS = 1 << 16
+
+
+class ConfigYamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses aliases (``*name``). No config needs them, and nine
+    nested lists of nine aliases each ("billion laughs", 452 bytes) expand to 9**9 values,
+    gigabytes, the moment anything walks or prints them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"alias *{event.anchor}: configs take no YAML anchors or aliases; "
+                            f"write the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def load_yaml_text(text: str) -> Any:
+    """Plain YAML (safe tags only, no aliases)."""
+    return yaml.load(text, Loader=ConfigYamlLoader)  # noqa: S506 -- a SafeLoader subclass
+
+
+def read_config_text(path: Path) -> str:
+    with open(path, "rb") as f:  # read(n): also bounded for /dev/zero or a pipe
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB; a config is a few "
+                          f"KB of settings (is this the right file?)")
     try:
-        with open(path) as f:
-            return yaml.safe_load(f)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def read_yaml(path: Path) -> Any:
+    """A config file as plain YAML (``load_yaml_text``), size-checked first, with any refusal
+    or syntax error as one ConfigError line."""
+    text = read_config_text(path)
+    try:
+        return load_yaml_text(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -120,8 +158,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
+        if len(raw) > MAX_OVERRIDE_CHARS:
+            raise ConfigError(f"override {key.strip()}=...: the value is longer than "
+                              f"{MAX_OVERRIDE_CHARS} characters")
         try:
-            node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+            node[parts[-1]] = load_yaml_text(raw) if raw != "" else ""
         except yaml.YAMLError:
             raise ConfigError(f"override {item!r}: the value is not a YAML scalar") from None
     return nested

@@ -71,12 +71,42 @@ def _check_ranges(cfg: Config) -> None:
             raise ConfigError(f"{key}={value!r}: choose {', '.join(map(str, allowed))}")
 
 
+MAX_SEED = 2**63  # torch.Generator.manual_seed takes a signed 64-bit integer
+
+
+def check_combinations(cfg: Config) -> None:
+    """Values each fine alone that fail only deep inside a run: refused here, naming the
+    setting. (Per-process checks, which need the number of processes, are the trainer's.)"""
+    t = cfg.train
+    if not 0 <= t.seed < MAX_SEED:
+        raise ConfigError(f"train.seed={t.seed}: must be >= 0 and < 2**63")
+    if 0 < t.micro_batch < t.batch_size and t.batch_size % t.micro_batch:
+        fits = [d for d in range(2, t.batch_size) if t.batch_size % d == 0]
+        raise ConfigError(f"train.micro_batch={t.micro_batch} does not divide train.batch_size="
+                          f"{t.batch_size}: the last micro-batch would hold "
+                          f"{t.batch_size % t.micro_batch}; choose one of "
+                          f"{', '.join(map(str, fits)) or '0 (no micro-batches)'}")
+    if t.micro_batch == 1 and t.batch_size > 1 and cfg.model.g_norm == "batch":
+        raise ConfigError("train.micro_batch=1 with model.g_norm=batch: BatchNorm needs more "
+                          "than one image per micro-batch; use train.micro_batch >= 2 or "
+                          "model.g_norm=none")
+    if cfg.data.class_names:
+        from ..data.names import check_class_names
+
+        names = [c.strip() for c in cfg.data.class_names.split(",") if c.strip()]
+        try:
+            check_class_names(names, "data.class_names")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
 def validate(cfg: Config) -> None:
     """Every value against RANGES and CHOICES, then the names from the registries."""
     from ..nets import ARCHITECTURES, CONDITIONINGS, SUPPORTED_RESOLUTIONS
     from ..nets.augment import parse_policy
 
     _check_ranges(cfg)
+    check_combinations(cfg)
     if cfg.data.resolution not in SUPPORTED_RESOLUTIONS:
         raise ConfigError(f"data.resolution={cfg.data.resolution} has no {cfg.model.arch} "
                           f"architecture; choose one of {SUPPORTED_RESOLUTIONS}")

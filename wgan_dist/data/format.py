@@ -30,8 +30,9 @@ Each sample in a tar:
 
 Pixel values are uint8 0..255; QuickDraw-style data keeps bright strokes on a 0 background.
 
-**Reading a tar.** Local, uncompressed ustar shards (what our writer makes) are scanned with
-mmap: headers are sliced, no member is copied until it is used. Anything else (``pipe:`` and
+**Reading a tar.** Local, uncompressed ustar shards (what our writer makes) are scanned by
+our own header parser (``TarBytes``: the file in one read, or a ``pread`` a piece past 64 MB;
+never mmap, whose SIGBUS on a shard truncated under a run ends the process without a word). Anything else (``pipe:`` and
 http URLs, compressed or pax/GNU-header tars) goes through webdataset's
 ``tarfile_to_samples``; both give the same samples in the same order (tested). Why keep our
 scanner: end to end, images/s into the trainer at 28 px (png, 1 loader worker, the whole
@@ -46,13 +47,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import mmap
+import os
 import re
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image
+
+from .names import check_class_names, class_name_problem
 
 FORMAT = "wgan_dist-shards/1"
 MANIFEST = "manifest.json"
@@ -85,14 +88,33 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     for key, typ in REQUIRED.items():
         if not isinstance(manifest.get(key), typ):
             raise DataError(f"{path}: field {key!r} missing or not a {typ.__name__}")
+    _check_fields(path, manifest)
     for s in manifest["shards"]:
         if not (isinstance(s, dict) and isinstance(s.get("name"), str)):
             raise DataError(f"{path}: a shard entry has no name ({s!r})")
+        if class_name_problem(s["name"]):  # a shard lies next to its manifest, nowhere else
+            raise DataError(f"{path}: shard name {s['name'][:80]!r} is not a file name in "
+                            f"the manifest's folder")
     counted = sum(int(s.get("count", 0)) for s in manifest["shards"])
     if counted != manifest["total"]:
         raise DataError(f"{path}: claims {manifest['total']} samples but its shards list "
                         f"{counted}; the manifest does not describe these shards (re-shard)")
     return manifest
+
+
+def _check_fields(path: Path, manifest: dict[str, Any]) -> None:
+    """Values a writer could not have written: a damaged or hand-made manifest, named as
+    such (a hint to set ``data.channels=0`` would only fail again)."""
+    if manifest["resolution"] < 1:
+        raise DataError(f"{path}: resolution {manifest['resolution']} is not a size (damaged "
+                        f"manifest; re-shard)")
+    if manifest["channels"] not in (1, 3):
+        raise DataError(f"{path}: channels {manifest['channels']} is not 1 or 3 (damaged "
+                        f"manifest; re-shard)")
+    try:
+        check_class_names(manifest["class_names"], str(path))
+    except ValueError as e:
+        raise DataError(f"{e} (re-shard, or fix class_names in the manifest)") from None
 
 
 def shard_paths(manifest_path: str | Path, manifest: dict[str, Any]) -> list[Path]:
@@ -167,32 +189,79 @@ def is_local(url: str) -> bool:
     return "://" not in url and not url.startswith("pipe:")
 
 
+WHOLE_FILE_BYTES = 64 << 20  # shards up to this size are read with one call, larger by piece
+
+
+class TarBytes:
+    """A local tar read by offset: the whole file with one read when it is small (a snapshot:
+    what is scanned is what is sliced), else one ``pread`` a piece. Never a memory map: a
+    shard truncated or overwritten while mapped kills the reader with SIGBUS, while a short
+    read is one line naming the shard."""
+
+    def __init__(self, path: str, whole: bool) -> None:
+        self.url, self.buf = path, None
+        self.fd = os.open(path, os.O_RDONLY)
+        if whole and os.fstat(self.fd).st_size <= WHOLE_FILE_BYTES:
+            with open(self.fd, "rb", closefd=False) as f:
+                data = f.read(WHOLE_FILE_BYTES + 1)
+            self.buf = data if len(data) <= WHOLE_FILE_BYTES else None
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` (fewer at the end of the file)."""
+        if self.buf is not None:
+            return self.buf[offset:offset + size]
+        return os.pread(self.fd, size, offset)
+
+    def read_exact(self, offset: int, size: int) -> bytes:
+        data = self.read(offset, size)
+        if len(data) != size:
+            raise DataError(f"{self.url}: read {len(data)} of the {size} bytes of the member at "
+                            f"byte {offset}: the shard shrank while it was being read "
+                            f"(truncated or overwritten under the run; re-shard or restore it)")
+        return data
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _scan(tar: TarBytes) -> list[tuple[str, int, int]] | None:
+    members, off, buf = [], 0, tar.buf
+    while True:
+        if buf is not None:  # slice the snapshot in place (as cheap as the mmap was)
+            h, o = buf, off
+            if off + 512 > len(buf):  # truncated, or not a tar at all
+                return None
+        else:
+            h, o = tar.read(off, 512), 0
+            if len(h) < 512:
+                return None
+        if h[o] == 0:  # end-of-archive (zero) block
+            return members
+        kind = h[o + 156]
+        if h[o + 257:o + 262] != b"ustar" or kind in _TAR_EXTENDED or h[o + 124] & 0x80:
+            return None
+        size = int(h[o + 124:o + 136].rstrip(b"\0 ") or b"0", 8)
+        if kind in _TAR_REGULAR:
+            nul = h.find(b"\0", o, o + 100)
+            name = h[o:nul if nul >= 0 else o + 100].decode()
+            if h[o + 345]:  # ustar prefix (long paths)
+                name = h[o + 345:o + 500].rstrip(b"\0").decode() + "/" + name
+            members.append((name, off + 512, size))
+        off += 512 + (size + 511) // 512 * 512
+
+
 def scan_plain_tar(path: str) -> list[tuple[str, int, int]] | None:
     """(name, offset, size) of every regular member of an uncompressed ustar file, or None
     when the file needs the general reader (no ustar magic -- e.g. compressed --, pax or GNU
-    long-name headers, base-256 sizes, no end-of-archive block). Headers only: no data is
-    copied. The header checksum is not recomputed (it cost more than the rest); a damaged
-    header fails the magic or the octal size and goes to the general reader, which reports it."""
-    members = []
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        off, end = 0, len(mm)
-        while True:
-            if off + 512 > end:  # truncated, or not a tar at all
-                return None
-            if mm[off] == 0:  # end-of-archive (zero) block
-                break
-            kind = mm[off + 156]
-            if mm[off + 257:off + 262] != b"ustar" or kind in _TAR_EXTENDED or mm[off + 124] & 0x80:
-                return None
-            size = int(mm[off + 124:off + 136].rstrip(b"\0 ") or b"0", 8)
-            if kind in _TAR_REGULAR:
-                nul = mm.find(b"\0", off, off + 100)
-                name = mm[off:nul if nul >= 0 else off + 100].decode()
-                if mm[off + 345]:  # ustar prefix (long paths)
-                    name = mm[off + 345:off + 500].rstrip(b"\0").decode() + "/" + name
-                members.append((name, off + 512, size))
-            off += 512 + (size + 511) // 512 * 512
-    return members
+    long-name headers, base-256 sizes, no end-of-archive block). Headers only (a pread
+    each): no data is read. The header checksum is not recomputed (it cost more than the
+    rest); a damaged header fails the magic or the octal size and goes to the general
+    reader, which reports it."""
+    tar = TarBytes(path, whole=False)
+    try:
+        return _scan(tar)
+    finally:
+        tar.close()
 
 
 def _split_name(name: str) -> tuple[str | None, str | None]:
@@ -205,26 +274,26 @@ def _split_name(name: str) -> tuple[str | None, str | None]:
     return (name[:dot], name[dot + 1:]) if dot > 0 else (None, None)
 
 
-def _plain_tar_samples(url: str, members: list[tuple[str, int, int]]) -> Iterator[dict]:
+def _plain_tar_samples(tar: TarBytes, members: list[tuple[str, int, int]]) -> Iterator[dict]:
     """Group a scanned tar's members into samples by key, exactly as webdataset's
     ``group_by_keys`` does (lower-cased extension, ``__xxx__`` meta entries skipped, a
     repeated extension is an error)."""
     sample: dict | None = None
-    with open(url, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        for name, start, size in members:
-            if name.startswith("__") and _TAR_META.match(name):
-                continue
-            key, ext = _split_name(name)
-            if key is None:
-                continue
-            ext = ext.lower()
-            if sample is None or key != sample["__key__"]:
-                if sample is not None:
-                    yield sample
-                sample = {"__key__": key, "__url__": url}
-            if ext in sample:
-                raise ValueError(f"{name}: duplicate file name in tar file {url}")
-            sample[ext] = mm[start:start + size]
+    url, buf = tar.url, tar.buf  # a snapshot that scanned whole holds every member whole
+    for name, start, size in members:
+        if name.startswith("__") and _TAR_META.match(name):
+            continue
+        key, ext = _split_name(name)
+        if key is None:
+            continue
+        ext = ext.lower()
+        if sample is None or key != sample["__key__"]:
+            if sample is not None:
+                yield sample
+            sample = {"__key__": key, "__url__": url}
+        if ext in sample:
+            raise ValueError(f"{name}: duplicate file name in tar file {url}")
+        sample[ext] = buf[start:start + size] if buf is not None else tar.read_exact(start, size)
     if sample is not None:
         yield sample
 
@@ -236,6 +305,8 @@ def count_samples(url: str) -> int:
     if members is None:
         try:
             return sum(1 for _ in iter_samples(url, fast=False))
+        except DataError:
+            raise
         except Exception as e:
             raise DataError(f"{url}: not a readable tar (truncated or damaged: {type(e).__name__}: {e})") from None
     keys = {k for name, _, _ in members
@@ -246,7 +317,7 @@ def count_samples(url: str) -> int:
 
 def survey(url: str, limit: int | None = None) -> tuple[int, list[int], dict | None]:
     """(samples, sorted distinct labels, the first sample) of a shard that has no manifest,
-    reading only ``cls`` entries and the first sample (mmap scanner), or everything through
+    reading only ``cls`` entries and the first sample (pread scanner), or everything through
     webdataset for other tars (stopping after ``limit`` samples when given)."""
     members = scan_plain_tar(url) if is_local(url) else None
     if members is None:
@@ -260,14 +331,17 @@ def survey(url: str, limit: int | None = None) -> tuple[int, list[int], dict | N
                 break
         return n, sorted(labels), first
     keys, labels = set(), set()
-    with open(url, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+    tar = TarBytes(url, whole=False)
+    try:
         for name, start, size in members:
             key, ext = _split_name(name)
             if key is None or (name.startswith("__") and _TAR_META.match(name)):
                 continue
             keys.add(key)
             if ext.lower() == "cls":
-                labels.add(int(mm[start:start + size]))
+                labels.add(int(tar.read_exact(start, size)))
+    finally:
+        tar.close()
     first = next(iter_samples(url), None)
     return len(keys), sorted(labels), first
 
@@ -288,17 +362,26 @@ def check_shard(url: str, count: int | None, sha256: str | None = None) -> None:
 def iter_samples(url: str, fast: bool = True) -> Iterator[dict]:
     """The samples of one shard, ``{"__key__", "__url__", <ext>: bytes, ...}``, in tar order.
 
-    ``fast``: scan local plain ustar files with mmap (see the module docstring); otherwise,
+    ``fast``: scan local plain ustar files with pread (see the module docstring); otherwise,
     or for anything else, webdataset's reader."""
-    members = None
     if fast and is_local(url):
         try:
-            members = scan_plain_tar(url)
-        except (OSError, ValueError):  # unreadable or not a tar: let webdataset say why
-            members = None
-    if members is not None:
-        yield from _plain_tar_samples(url, members)
-        return
+            tar = TarBytes(url, whole=True)
+        except OSError:  # unreadable: let webdataset say why
+            tar = None
+        if tar is not None:
+            try:
+                members = _scan(tar)
+                if members is not None:
+                    yield from _plain_tar_samples(tar, members)
+                    return
+            finally:
+                tar.close()
     import webdataset as wds
 
-    yield from wds.tarfile_to_samples()(iter([{"url": url}]))
+    try:
+        yield from wds.tarfile_to_samples()(iter([{"url": url}]))
+    except Exception as e:  # tarfile's ReadError and friends: one line naming the shard
+        why = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+        raise DataError(f"{url}: not a readable tar (truncated or damaged: "
+                        f"{type(e).__name__}: {why})") from None

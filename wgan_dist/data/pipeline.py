@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -71,7 +72,7 @@ class ShardStream:
 @dataclass(frozen=True)
 class ReadTar:
     """Shard URLs -> samples {"__key__", "__url__", "png" | "jpg" | "u8", "cls", ...}, read by
-    ``format.iter_samples`` (``fast``: the mmap scanner for local plain tars).
+    ``format.iter_samples`` (``fast``: the pread scanner for local plain tars).
 
     With ``expected`` (url -> (count, sha256) from the manifest) every shard is checked the
     first time this worker opens it (its sha256) and every time it is read through (its
@@ -245,7 +246,7 @@ def build_pipeline(urls: list[str], *, rank: int, world: int, seed: int, batch_s
                    hflip: bool = False, batches_per_worker: int,
                    skip_batches: int = 0, fast_tar: bool = True,
                    expected: dict | None = None) -> wds.DataPipeline:
-    """The stages, in order. batch_size is per process; ``fast_tar``: format's mmap reader
+    """The stages, in order. batch_size is per process; ``fast_tar``: format's pread reader
     (else webdataset's, for the benchmark that justifies keeping ours)."""
     k = skip_batches
     return wds.DataPipeline(
@@ -260,6 +261,7 @@ def build_pipeline(urls: list[str], *, rank: int, world: int, seed: int, batch_s
 
 
 WORKER_TERM_GRACE = 60.0  # seconds a loader worker lives on after a SIGTERM
+PARENT_POLL = 0.5  # seconds between a loader worker's looks at whether its trainer is alive
 
 
 def _worker_signals(_worker_id: int) -> None:
@@ -267,17 +269,29 @@ def _worker_signals(_worker_id: int) -> None:
     groups; a worker that died at once on SIGTERM/SIGINT would crash the trainer before it
     could write its stop checkpoint. So SIGINT and SIGUSR1 are ignored, and a SIGTERM only
     starts a clock: the worker exits WORKER_TERM_GRACE seconds later whatever happens, so it
-    can never hold up the trainer's exit for good. Workers also exit within seconds of the
-    trainer's death (the DataLoader's own watchdog) and when the trainer closes the loader."""
+    can never hold up the trainer's exit for good. A worker also exits within PARENT_POLL
+    seconds of its trainer's death (a killed rank: the DataLoader's own watchdog looks only
+    every 5 s), and when the trainer closes the loader. Both clocks are daemon threads: a
+    worker's interpreter does not wait for them at exit (the SIGTERM clock, as a plain
+    thread, kept an orphaned worker alive for its whole 60 s)."""
     import signal
     import threading
 
     def on_term(signum, frame) -> None:
-        threading.Timer(WORKER_TERM_GRACE, os._exit, args=(0,)).start()
+        timer = threading.Timer(WORKER_TERM_GRACE, os._exit, args=(0,))
+        timer.daemon = True
+        timer.start()
+
+    def watch_parent(parent: int) -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL)
+        os._exit(0)  # the trainer is gone: nobody will read what this worker makes
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, on_term)
+    threading.Thread(target=watch_parent, args=(os.getppid(),), name="parent-watch",
+                     daemon=True).start()
 
 
 def make_loader(urls: list[str], *, rank: int, world: int, seed: int, batch_size: int,

@@ -44,7 +44,8 @@ class Skip:
 class Group:
     """A run of enumerated inputs that load the same way and share one class.
 
-    ``loader``: "image" (items: paths), "npy" (path, rows 0..count-1), "ndjson" (path,
+    ``loader``: "image" (items: paths), "npy" (path, rows 0..count-1), "npz" (path, items:
+    its header, then the rows selected, ``quickdraw.prepare_npz``), "ndjson" (path,
     items: int64 array of (byte offset, line number)), "builtin" (param: category index),
     "skip" (items: list of (src_id, kind, detail)).
     """
@@ -64,6 +65,12 @@ class ConvertOptions:
     crop: int | None = None
     min_size: int | None = None
     seed: int = 0  # the built-in set's drawing seed
+    max_pixels: int | None = None  # larger images are skipped, checked before decoding
+
+
+# The shard command's default --max-pixels: 64 Mpx (an 8000x8000 photo) decodes to ~200 MB
+# of RGB; PIL's own bomb check only stops images past 179 Mpx, which decode to ~2 GB.
+DEFAULT_MAX_PIXELS = 64_000_000
 
 
 def visible_files(root: str) -> list[str]:

@@ -29,12 +29,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import builtin
 from .quickdraw import (NDJSON_THICKNESS, QUICKDRAW_EXTS, enumerate_quickdraw, load_ndjson,
-                        load_npy_row, quickdraw_class)
+                        load_npy_row, load_npz_row, prepare_npz, quickdraw_class)
+from .names import class_name_problem, is_utf8, printable
 from .records import (ConvertOptions, Group, Record, Skip, SkipError, gray_to_channels,
                       visible_files)
 
 __all__ = ["NDJSON_THICKNESS", "ConvertOptions", "Group", "Record", "Skip", "SkipError",
-           "collect", "iter_records", "load_item", "quickdraw_class"]
+           "collect", "iter_records", "load_item", "prepare_npz", "quickdraw_class"]
 
 IMAGE_EXTS = frozenset(
     ".png .jpg .jpeg .bmp .gif .webp .tif .tiff .ppm .pgm .pbm .pnm .jfif".split())
@@ -95,7 +96,11 @@ def read_image(path: str, opts: ConvertOptions) -> np.ndarray:
     try:
         if os.path.getsize(path) == 0:
             raise SkipError("empty file", "zero bytes")
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # reads the header only
+            w, h = img.size
+            if opts.max_pixels and w * h > opts.max_pixels:
+                raise SkipError("too large", f"{w}x{h} = {w * h:,} pixels > --max-pixels "
+                                             f"{opts.max_pixels:,}; not decoded")
             img.load()  # decode now: truncation and bad data surface here, not later
             return convert_image(img, opts)
     except SkipError:
@@ -113,14 +118,27 @@ def read_image(path: str, opts: ConvertOptions) -> np.ndarray:
 # Enumeration
 # ---------------------------------------------------------------------------------------------
 def _image_groups(files: list[str], cls: str | None) -> list[Group]:
-    """Image files -> one "image" group; other extensions -> a "skip" group."""
-    imgs = [f for f in files if os.path.splitext(f)[1].lower() in IMAGE_EXTS]
-    other = [(f, "not an image", f"extension {os.path.splitext(f)[1] or '(none)'!r}")
-             for f in files if os.path.splitext(f)[1].lower() not in IMAGE_EXTS]
+    """Image files -> one "image" group; other extensions and file names that are not
+    UTF-8 (a manifest cannot name them) -> a "skip" group."""
+    def problem(f: str) -> tuple[str, str] | None:
+        if not is_utf8(f):
+            return "bad file name", "not valid UTF-8 (rename the file)"
+        ext = os.path.splitext(f)[1].lower()
+        return None if ext in IMAGE_EXTS else ("not an image", f"extension {ext or '(none)'!r}")
+    imgs = [f for f in files if problem(f) is None]
+    other = [(printable(f), *why) for f in files if (why := problem(f)) is not None]
     groups = [Group("image", cls, len(imgs), items=imgs)]
     if other:
         groups.append(Group("skip", None, len(other), items=other))
     return groups
+
+
+def _unusable_class(folder: str, why: str) -> Group:
+    """Every file of a class folder whose name cannot be a class name, skipped and listed."""
+    files = visible_files(folder)
+    detail = f"class folder name {printable(os.path.basename(folder))[:80]!r}: {why}"
+    return Group("skip", None, len(files), items=[(printable(f), "bad class name", detail)
+                                                  for f in files])
 
 
 def enumerate_folder(root: str) -> list[Group]:
@@ -131,12 +149,14 @@ def enumerate_folder(root: str) -> list[Group]:
         return _image_groups(visible_files(root), None)
     groups = []
     for d in subdirs:
-        groups += _image_groups(visible_files(os.path.join(root, d)), d)
+        why = class_name_problem(d)
+        groups += [_unusable_class(os.path.join(root, d), why)] if why else \
+            _image_groups(visible_files(os.path.join(root, d)), d)
     loose = [os.path.join(root, f) for f in sorted(os.listdir(root))
              if not f.startswith(".") and os.path.isfile(os.path.join(root, f))]
     if loose:  # a labelled folder gives loose files no class; count them, don't guess one
         groups.append(Group("skip", None, len(loose),
-                            items=[(f, "no class", "file outside the class subfolders")
+                            items=[(printable(f), "no class", "file outside the class subfolders")
                                    for f in loose]))
     return groups
 
@@ -221,7 +241,7 @@ def load_item(group: Group, j: int, opts: ConvertOptions) -> Record | Skip:
         return Skip(*group.items[j])
     if group.loader == "image":
         src = group.items[j]
-    elif group.loader == "npy":
+    elif group.loader in ("npy", "npz"):
         src = f"{group.path}#{j}"
     elif group.loader == "ndjson":
         src = f"{group.path}:{int(group.items[j][1])}"
@@ -232,6 +252,8 @@ def load_item(group: Group, j: int, opts: ConvertOptions) -> Record | Skip:
             return Record(src, read_image(src, opts))
         if group.loader == "npy":
             return Record(src, load_npy_row(group.path, j, opts, group.items or 1.0))
+        if group.loader == "npz":
+            return Record(src, load_npz_row(group, j, opts))
         if group.loader == "ndjson":
             return Record(src, load_ndjson(group.path, int(group.items[j][0]), opts))
         sketch = builtin.render_sample(group.param, j, opts.seed, opts.resolution)

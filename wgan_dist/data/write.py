@@ -26,7 +26,9 @@ from typing import Iterator
 import numpy as np
 
 from .format import ENC_EXT, FORMAT, MANIFEST, encode_image, file_sha256
-from .sources import ConvertOptions, Group, Record, class_names_of, collect, load_item
+from .records import DEFAULT_MAX_PIXELS
+from .sources import (ConvertOptions, Group, Record, class_names_of, collect, load_item,
+                      prepare_npz)
 
 TAR_MTIME = 0  # fixed member mtime: identical inputs give byte-identical shards
 
@@ -169,7 +171,7 @@ def _check_args(resolution: int, channels: int, per_shard: int, encoding: str,
     if resolution < 1 or per_shard < 1 or workers < 1:
         raise ValueError("resolution, per_shard and workers must be >= 1")
     if any(x is not None and x < 0 for x in limits):
-        raise ValueError("limit and limit_per_class must be >= 0")
+        raise ValueError("limit, limit_per_class and max_pixels must be >= 0")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     if encoding not in ENC_EXT:
@@ -205,10 +207,12 @@ def write_shards(sources: list[str], out_dir: str, *, kind: str = "auto", resolu
                  limit_per_class: int | None = None, seed: int = 0, overwrite: bool = False,
                  builtin_per_class: int = 2000, progress: bool = True,
                  crop: int | None = None, min_size: int | None = None,
-                 source_info: dict | None = None) -> dict:
-    """Convert ``sources`` into a shard set in ``out_dir``; returns the manifest written."""
+                 source_info: dict | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
+    """Convert ``sources`` into a shard set in ``out_dir``; returns the manifest written.
+    ``max_pixels``: images larger than this (from their header) are skipped undecoded."""
     _check_args(resolution, channels, per_shard, encoding, jpeg_quality, workers,
-                (limit, limit_per_class))
+                (limit, limit_per_class, max_pixels))
     kind, groups = collect(list(sources), kind, builtin_per_class)
     loadable = [g for g in groups if g.loader != "skip"]
     labelled = bool(loadable) and all(g.cls is not None for g in loadable)
@@ -221,9 +225,10 @@ def write_shards(sources: list[str], out_dir: str, *, kind: str = "auto", resolu
         raise NoSamplesError(f"no inputs in {', '.join(sources)} (expected image files, class "
                              f"subfolders of images, QuickDraw .npy/.npz/.ndjson files or "
                              f"'builtin'); nothing was written", [])
+    prepare_npz(groups, order)  # the rows selected of each .npz, streamed: memory follows --limit
     created = not os.path.exists(out_dir)
     _prepare_out_dir(out_dir, overwrite)  # after enumeration: a bad path leaves no trace
-    opts = ConvertOptions(resolution, channels, crop, min_size, seed)
+    opts = ConvertOptions(resolution, channels, crop, min_size, seed, max_pixels)
     ext = ENC_EXT[encoding]
     sink = _ShardSink(out_dir, per_shard)
     try:
@@ -241,6 +246,7 @@ def write_shards(sources: list[str], out_dir: str, *, kind: str = "auto", resolu
             "shards": sink.finish(), "skipped": skipped,
             "source": {"kind": kind, "paths": list(sources), "limit": limit,
                        "limit_per_class": limit_per_class, "crop": crop, "min_size": min_size,
+                       "max_pixels": max_pixels,
                        **({"per_class": builtin_per_class} if kind == "builtin" else {}),
                        **(source_info or {})},
             "seed": seed, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

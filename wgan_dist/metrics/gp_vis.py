@@ -63,8 +63,18 @@ def log_gradient_visuals(
     real, fake = real[:max_images], fake[:max_images]
     a = _alpha(alpha, real.shape[0], real.device)
     maps = gradient_norm_maps(critic, real, fake, a)
-    norms = grad_norms(critic, interpolate(real.detach(), fake.detach(), a))
-    writer.add_image(f"{tag}/grad_maps", make_grid(maps.cpu(), nrow=min(8, maps.shape[0])), step)
-    writer.add_histogram(f"{tag}/grad_norms", norms.cpu(), step)
+    norms = grad_norms(critic, interpolate(real.detach(), fake.detach(), a)).float().cpu()
+    # A diverged critic gives NaN/Inf gradients. Logging must never end a run: TensorBoard's
+    # histogram raises on values that are all non-finite ("The histogram is empty"), and
+    # images are cast to uint8 with a warning. Non-finite map pixels show as 0; the
+    # histogram holds the finite norms, and the share of non-finite ones, when there are
+    # any, is a scalar.
+    finite = torch.isfinite(norms)
+    writer.add_image(f"{tag}/grad_maps", make_grid(torch.nan_to_num(maps.cpu(), 0.0, 0.0, 0.0),
+                                                   nrow=min(8, maps.shape[0])), step)
+    if bool(finite.any()):
+        writer.add_histogram(f"{tag}/grad_norms", norms[finite], step)
+    if not bool(finite.all()):
+        writer.add_scalar(f"{tag}/fraction_norm_nonfinite", float((~finite).float().mean()), step)
     return {"grad_norm_mean": float(norms.mean()),
             "grad_norm_near1": float(((norms - 1).abs() <= 0.1).float().mean())}

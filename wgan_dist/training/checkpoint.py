@@ -24,6 +24,7 @@ import torch
 FORMAT = "wgan_dist-checkpoint/1"
 NAME = re.compile(r"^step-(\d{8})\.pt$")
 TMP = re.compile(r"^\.step-\d{8}\.pt\.tmp-\d+$")
+ROTATION_RETRIES = 20  # a reader re-lists this often when rotation deletes what it listed
 
 
 class CheckpointError(ValueError):
@@ -67,12 +68,13 @@ def verify(path: Path) -> None:
 
 
 def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """One checkpoint file, read once: its bytes verified (zip CRCs), then loaded from them
-    with ``weights_only=True``. ``state["path"]`` is where it came from."""
+    """One checkpoint file, read once: its bytes verified (zip CRCs), then loaded from the
+    same bytes with ``weights_only=True`` (what is loaded is what was verified, whatever
+    rotation does to the name meanwhile). ``state["path"]`` is where it came from."""
     path = Path(path)
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         raise FileNotFoundError(f"{path}: no such checkpoint") from None
     _verify_zip(io.BytesIO(data), path)
     try:
@@ -86,17 +88,26 @@ def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return state
 
 
-def newest_readable(run_dir: Path, map_location: str | torch.device = "cpu"
+def newest_readable(run_dir: Path, map_location: str | torch.device = "cpu",
+                    log: Callable[[str], None] = lambda m: None
                     ) -> tuple[dict[str, Any] | None, list[str]]:
     """The newest checkpoint of a run that verifies, read (once), and one line for each newer
-    one skipped."""
-    skipped = []
-    for path in reversed(list_checkpoints(run_dir)):
-        try:
-            return read_checkpoint(path, map_location), skipped
-        except (CheckpointError, FileNotFoundError) as e:
-            skipped.append(str(e))
-    return None, skipped
+    one skipped. A file that vanishes between listing and reading was rotated away by a run
+    still saving: the list is read again, not the file called damaged."""
+    for _ in range(ROTATION_RETRIES):
+        skipped: list[str] = []
+        for path in reversed(list_checkpoints(run_dir)):
+            try:
+                return read_checkpoint(path, map_location), skipped
+            except FileNotFoundError:
+                log(f"{path.name} was rotated away while being read; retrying the newest")
+                break
+            except CheckpointError as e:
+                skipped.append(str(e))
+        else:
+            return None, skipped
+    raise CheckpointError(f"{checkpoint_dir(run_dir)}: checkpoints kept being rotated away while "
+                          f"being read ({ROTATION_RETRIES} tries)")
 
 
 def atomic_save(obj: dict[str, Any], path: Path) -> None:
@@ -151,7 +162,7 @@ def find_resume(run_dir: Path, resume: str | None, overwrite: bool,
     one must), "auto" (the newest that verifies, if any) or a path; None starts fresh, which a
     run dir holding checkpoints refuses unless ``overwrite``. Skipped checkpoints are logged."""
     if resume in ("latest", "auto"):
-        state, skipped = newest_readable(run_dir)
+        state, skipped = newest_readable(run_dir, log=log)
         for line in skipped:
             log(f"skipping {line}")
         if state is None and resume == "latest":
@@ -173,12 +184,26 @@ def prepare_run_dir(run_dir: Path, clear_checkpoints: bool) -> None:
     behind; with ``clear_checkpoints`` remove old checkpoints too."""
     for sub in ("logs", "samples", "checkpoints"):
         (Path(run_dir) / sub).mkdir(parents=True, exist_ok=True)
+        _check_writable(Path(run_dir) / sub)
     for p in checkpoint_dir(run_dir).iterdir():
         if TMP.match(p.name):
             p.unlink(missing_ok=True)
     if clear_checkpoints:
         for p in list_checkpoints(run_dir):
             p.unlink()
+
+
+def _check_writable(folder: Path) -> None:
+    """Create and remove a file in ``folder``: a run dir that cannot be written is one line
+    now, not a TensorBoard thread's traceback when its event file is opened, or a lost
+    checkpoint hours later."""
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"{folder}: cannot write in the run directory ({e.strerror}); "
+                              f"fix its permissions or choose another log.run_dir") from None
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu",
@@ -189,9 +214,10 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu",
     if not path.is_dir():
         return read_checkpoint(path, map_location)
     run = path.parent if path.name == "checkpoints" else path
-    state, skipped = newest_readable(run, map_location)
+    say = log or (lambda m: None)
+    state, skipped = newest_readable(run, map_location, say)
     for line in skipped:
-        (log or (lambda m: None))(f"skipping {line}")
+        say(f"skipping {line}")
     if state is None:
         why = f"; {len(skipped)} damaged: {skipped[0]}" if skipped else ""
         raise FileNotFoundError(f"{path}: no usable checkpoint (looked in {checkpoint_dir(run)}{why})")

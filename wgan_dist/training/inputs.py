@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import torch
 from accelerate import Accelerator
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..data import cache, pipeline
 from ..data.shardset import ShardSet, check_shape, resolve_shards
 
@@ -26,6 +26,13 @@ class Inputs:
         self.acc, self.cfg, self.device = acc, cfg, acc.device
         self.batch = cfg.train.batch_size // world
         """Images per process per critic step."""
+        micro = cfg.train.micro_batch
+        if 0 < micro < self.batch and self.batch % micro:
+            fits = [m for m in range(2, self.batch) if self.batch % m == 0]
+            raise ConfigError(f"train.micro_batch={micro} does not divide the per-process batch "
+                              f"{self.batch} (train.batch_size={cfg.train.batch_size} over {world} "
+                              f"processes): the last micro-batch would hold {self.batch % micro}; "
+                              f"choose one of {', '.join(map(str, fits)) or '0 (no split)'}")
         d = cfg.data
         with acc.main_process_first():
             self.shards: ShardSet = resolve_shards(

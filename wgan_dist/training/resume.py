@@ -161,11 +161,12 @@ def check_resume_classes(found: Resume, names: list[str], where: Any) -> None:
     order, or not at all (the checkpoint's names must not be put on another set's labels)."""
     saved = list(found.state.get("class_names") or [])
     if saved and saved != list(names):
-        raise ConfigError(f"cannot resume {found.path} on {where}: the conditional model was "
-                          f"trained on {len(saved)} classes ({', '.join(saved[:8])}"
-                          f"{', ...' if len(saved) > 8 else ''}) and these shards have "
-                          f"{len(names)} ({', '.join(list(names)[:8])}{', ...' if len(names) > 8 else ''}); "
-                          f"resume on the run's own classes or start a new run (log.run_dir=...)")
+        def shown(names: list[str]) -> str:
+            return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        raise ConfigError(f"cannot resume {found.path}: the conditional model was trained on "
+                          f"{len(saved)} classes ({shown(saved)}) but {where} has {len(names)} "
+                          f"({shown(list(names))}): each label would mean another class; resume "
+                          f"with the data it was trained on, or start a new run (log.run_dir=...)")
 
 
 def resume_message(state: dict[str, Any], old: Config, cfg: Config, world: int, batch: int) -> str:

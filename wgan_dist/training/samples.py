@@ -38,7 +38,8 @@ class SampleGrid:
     @torch.no_grad()
     def save(self, generator: torch.nn.Module, path: Path) -> torch.Tensor:
         """Write the grid to ``path``; returns it (for TensorBoard)."""
-        imgs = generator(self.z, self.y).float()
+        # A diverged generator's NaN/Inf pixels become 0 (mid-gray): a grid, not a warning.
+        imgs = torch.nan_to_num(generator(self.z, self.y).float(), 0.0, 1.0, -1.0)
         grid = make_grid(imgs, nrow=self.cols, normalize=True, value_range=(-1, 1))
         save_image(grid, path)
         return grid

@@ -3,7 +3,11 @@ checkpoint at the end of the current step and stop (exit code 75, ``exits.STOPPE
 
 A stop signal always ends the process:
 
-- a second stop signal ends it at once (exit 128 + signal number, no checkpoint);
+- a second stop signal ends it at once (exit 128 + signal number, no checkpoint). Signals
+  within ``BURST`` seconds of the first are the same request, not a second one: a Ctrl-C
+  reaches every process of the terminal's group, launcher included, and the launcher passes
+  it on (``accelerate launch`` as SIGTERM, torchrun as the signal it got) milliseconds later;
+  counting that as a second Ctrl-C stopped every such run without its checkpoint;
 - if the run has not finished stopping ``grace`` seconds after the first signal (a rank stuck
   in a collective whose peer died, a step that never ends), it is ended the same way.
 
@@ -21,6 +25,7 @@ import threading
 import time
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+BURST = 1.0  # seconds after the first stop signal in which more are the same request
 
 
 class StopSignals:
@@ -65,11 +70,11 @@ class StopSignals:
         if not self.requested:
             self.requested, self.first = True, signum
             self._say(f"signal {signal.Signals(signum).name}: checkpointing at the end of this "
-                      f"step (a second signal stops at once)")
+                      f"step (another signal, {BURST:g} s or more later, stops at once)")
 
     def _watch(self) -> None:
         reader = self._sock[0]
-        deadline, seen = None, 0
+        deadline, seen, first_at = None, 0, 0.0
         while not self._done.is_set():
             reader.settimeout(1.0 if deadline is None else max(0.05, min(1.0, deadline - time.time())))
             try:
@@ -82,8 +87,9 @@ class StopSignals:
                 if signum in STOP_SIGNALS:
                     seen += 1
                     if seen == 1:
-                        deadline = time.time() + self.grace
-                    else:
+                        first_at = time.time()
+                        deadline = first_at + self.grace
+                    elif time.time() - first_at > BURST:
                         self._exit(signum, "second stop signal: stopping now, without a checkpoint")
             if deadline is not None and time.time() > deadline and not self._done.is_set():
                 self._exit(self.first or signal.SIGTERM,

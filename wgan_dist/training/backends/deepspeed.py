@@ -92,12 +92,14 @@ def read_config_file(path: str) -> dict:
     """A DeepSpeed config from a JSON or YAML file, as a dict (one-line error otherwise)."""
     import yaml
 
+    from ...config.load import load_yaml_text, read_config_text
+
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"train.deepspeed_config={path!r}: no such file")
-    try:
-        text = p.read_text()
-        values = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    try:  # the same limits as our own configs: 1 MiB, safe tags, no aliases
+        text = read_config_text(p)
+        values = json.loads(text) if p.suffix == ".json" else load_yaml_text(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: not a DeepSpeed JSON/YAML config ({str(e).splitlines()[0]})") from None
     if not isinstance(values, dict):
