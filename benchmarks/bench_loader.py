@@ -33,6 +33,7 @@ from pathlib import Path
 
 from _common import OUT_DIR, cpu_seconds, interleave, median, paired_ratio, spread, write_result
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402  (after _common put the repo on sys.path)
 
 from wgan_dist.data import pipeline as data  # noqa: E402
@@ -80,19 +81,20 @@ def image_folder(png_dir: Path) -> Path:
 
 def _decode_worker(samples: list, res: int, ch: int, seconds: float, barrier, queue) -> None:
     torch.set_num_threads(1)
-    decode = data.DecodeSample(res, ch)
+    batch = np.empty((BATCH, res, res, ch), dtype=np.uint8)
     barrier.wait()
     n, t_end = 0, time.perf_counter() + seconds
     while time.perf_counter() < t_end:
-        for s in samples[n % len(samples): n % len(samples) + 64]:
-            decode(s)
+        for i, s in enumerate(samples[n % len(samples): n % len(samples) + BATCH]):
+            batch[i] = data.decode_sample(s, res, ch)
             n += 1
     queue.put(n)
 
 
 def bound_rate(samples: list, res: int, workers: int, seconds: float) -> dict:
-    """What ``workers`` processes decoding in a tight loop reach (forked, as the DataLoader's
-    workers are)."""
+    """What ``workers`` processes decoding into a batch in a tight loop reach (forked, as the
+    DataLoader's workers are): ``data.pipeline.decode_sample`` and the copy into the batch,
+    nothing else (for raw entries the copy is all there is)."""
     ctx = mp.get_context("fork")
     barrier, queue = ctx.Barrier(workers + 1), ctx.Queue()
     procs = [ctx.Process(target=_decode_worker, args=(samples, res, CHANNELS[res], seconds, barrier, queue))
@@ -177,16 +179,17 @@ def stage_costs(urls: list[str], res: int, images: int, repeats: int) -> dict[st
     import webdataset as wds
 
     read = [data.ShardStream(urls, 0, 1, 0), data.ReadTar()]
-    mid = [data.Shuffle(1000, 0, 0), data.DrawFlips(False, 0, 0), data.SkipConsumed(0, BATCH)]
-    decode = [wds.map(data.DecodeSample(res, CHANNELS[res]))]
-    batch = [wds.batched(BATCH, collation_fn=data.collate, partial=False)]
+    mid = [data.Shuffle(1000, 0, 0), data.DrawFlips(True, 0, 0), data.SkipConsumed(0, BATCH)]
+    batch = [wds.batched(BATCH, collation_fn=None, partial=False)]
+    decode = [data.DecodeBatch(res, CHANNELS[res])]
     rows = {"tar read, webdataset's reader": [data.ShardStream(urls, 0, 1, 0), wds.tarfile_to_samples()],
-            "tar read (ReadTar)": read, "+ shuffle, flip, resume skip": read + mid,
-            "+ decode": read + mid + decode, "+ batch (collate)": read + mid + decode + batch}
+            "tar read (ReadTar)": read, "+ shuffle, flip coins, resume skip": read + mid,
+            "+ batch (lists of samples)": read + mid + batch,
+            "+ decode into the batch (DecodeBatch)": read + mid + batch + decode}
 
     def cost(stages: list) -> float:
         it = iter(wds.DataPipeline(*stages))
-        per_item = BATCH if stages[-1] is batch[0] else 1
+        per_item = BATCH if stages[-1] in (batch[0], decode[0]) else 1
         next(it)
         c0 = time.process_time()
         for _ in range(images // per_item):
