@@ -9,12 +9,15 @@ and raw uint8 at 64 and 128 px. For each, interleaved rounds measure images/s (w
 microseconds per image (this process and its children):
 
 - stream W: ``data.pipeline.make_loader`` with W loader workers (W = 1, 2): tar reading,
-  shuffle, flips, decode, batching, the hand-over to the training process; its bound is our
-  decoder on the same bytes in a tight loop in W processes (``bench_loader.bound_rate``), and
-  for raw pixels a plain memory copy of the images (memcpy);
+  shuffle, decode, batching, the hand-over to the training process (no flips, as
+  bench_loader); its bound is our decoder on the same bytes, decoding into a batch in a tight
+  loop in W processes (``bench_loader.bound_rate``); for raw pixels that is a copy of each
+  image's bytes into the batch: the memcpy bound of raw storage (a block copy of 256 images,
+  ``memcpy``, is printed beside it: cache-resident at 64 px, it is no bound for images read
+  from a set);
 - cache memory (= device on a CPU): ``data.cache.CachedBatches`` over an ``ImageCache``
-  holding the decoded pixels: a seeded gather of a batch and its flips, no loader; its bound
-  is the gather alone (``index_select`` of a batch);
+  holding the decoded pixels: a seeded gather of a batch and its flips, no loader (and the
+  same without flips); its bound is the gather alone (``index_select`` of a batch);
 - cache encoded (jpeg): the JPEG bytes held, each batch decoded by
   ``torchvision.io.decode_jpeg``; its bound is ``decode_jpeg`` of the same batches in a tight
   loop (on a GPU this is nvjpeg and costs the host almost nothing: gpu_check.sh measures it).
@@ -69,9 +72,9 @@ def _rate(batches, count: int) -> dict:
     return {"img_s": n / wall, "img_cpu_s": n / max(cpu, 1e-9)}
 
 
-def cache_rate(held: cache.ImageCache, total: int, count: int) -> dict:
+def cache_rate(held: cache.ImageCache, total: int, count: int, hflip: bool = True) -> dict:
     return _rate(cache.CachedBatches(held, seed=0, rank=0, world=1, total=total, batch_size=BATCH,
-                                     skip=0, count=count + 1, hflip=True), count)
+                                     skip=0, count=count + 1, hflip=hflip), count)
 
 
 def gather_rate(held: cache.ImageCache, count: int) -> dict:
@@ -127,18 +130,18 @@ def bench(res: int, n: int, repeats: int, seconds: float) -> list[dict]:
                                        torch.device("cpu"), "memory", quiet),
             "encoded": cache.ImageCache(shards["jpeg"].urls, shards["jpeg"].expected, 0, 1, res, 3,
                                         torch.device("cpu"), "encoded", quiet)}
-    samples = {enc: [s for u in shards[enc].urls for s in iter_samples(u)] for enc in ("jpeg", "png")}
+    samples = {enc: [s for u in shards[enc].urls for s in iter_samples(u)] for enc in sets}
     cases, nb = {}, {}
     for enc in ("jpeg", "png", "raw"):
         for w in (1, 2):
-            guess = 2000 if enc != "raw" else 8000
+            guess = 2000 if enc != "raw" else 15000
             nb[(enc, w)] = max(20, math.ceil(guess * w * seconds / BATCH))
             cases[f"stream {enc} W{w}"] = (lambda e=enc, w=w: pipeline_rate(
                 shards[e].urls, res, w, nb[(e, w)]))
-            if enc != "raw":
-                cases[f"bound {enc} W{w}"] = (lambda e=enc, w=w: bound_rate(samples[e], res, w, seconds))
+            cases[f"bound {enc} W{w}"] = (lambda e=enc, w=w: bound_rate(samples[e], res, w, seconds))
     big = max(20, math.ceil(20000 * seconds / BATCH))
     cases["cache memory"] = lambda: cache_rate(held["memory"], n, big)
+    cases["cache memory, no flips"] = lambda: cache_rate(held["memory"], n, big, hflip=False)
     cases["bound memory (gather)"] = lambda: gather_rate(held["memory"], big)
     cases["cache encoded"] = lambda: cache_rate(held["encoded"], n, max(20, math.ceil(2000 * seconds / BATCH)))
     cases["bound encoded (decode_jpeg)"] = lambda: jpeg_bound(held["encoded"], max(20, math.ceil(2000 * seconds / BATCH)))
@@ -146,9 +149,9 @@ def bench(res: int, n: int, repeats: int, seconds: float) -> list[dict]:
     print(f"\n{res} px RGB, {n} AFHQ cats; wall images/s per round:", flush=True)
     runs = interleave(cases, repeats)
     rows = []
-    pairs = [(f"stream {e} W{w}", f"bound {e} W{w}" if e != "raw" else "memcpy") for e in ("jpeg", "png", "raw")
-             for w in (1, 2)] + [("cache memory", "bound memory (gather)"),
-                                  ("cache encoded", "bound encoded (decode_jpeg)")]
+    pairs = [(f"stream {e} W{w}", f"bound {e} W{w}") for e in ("jpeg", "png", "raw") for w in (1, 2)] + [
+        ("cache memory", "bound memory (gather)"), ("cache memory, no flips", "bound memory (gather)"),
+        ("cache encoded", "bound encoded (decode_jpeg)"), ("memcpy", "memcpy")]
     for path, bound in pairs:
         p, b = runs[path], runs[bound]
         row = {"px": res, "path": path, "bound": bound}
@@ -174,10 +177,10 @@ def main() -> None:
     for res in a.resolutions:
         rows += bench(res, n, repeats, seconds)
     demand = {res: gpu_demand(res) for res in a.resolutions}
-    print(f"\n{'px':>4} {'path':<16} {'img/s':>9} {'CPU us/img':>11} {'bound img/s':>12} "
+    print(f"\n{'px':>4} {'path':<22} {'img/s':>9} {'CPU us/img':>11} {'bound img/s':>12} "
           f"{'/bound wall':>11} {'/bound CPU':>10}")
     for r in rows:
-        print(f"{r['px']:>4} {r['path']:<16} {r['img_s']:9.0f} {r['cpu_us_per_image']:11.1f} "
+        print(f"{r['px']:>4} {r['path']:<22} {r['img_s']:9.0f} {r['cpu_us_per_image']:11.1f} "
               f"{r['bound_img_s']:12.0f} {r['over_bound_img_s']:11.2f} {r['over_bound_img_cpu_s']:10.2f}"
               f"   ({r['bound']})")
     print()
@@ -185,9 +188,11 @@ def main() -> None:
         print(f"gpu demand {res} {d:.0f}")
     cores = {}
     for r in rows:
-        key = r["path"].replace(" ", "-")
-        cores[f"{key} {r['px']}"] = demand[r["px"]] * r["cpu_us_per_image"] * 1e-6
-        print(f"cores per GPU {key} {r['px']} {cores[f'{key} {r['px']}']:.1f}")
+        if r["path"] == "memcpy":
+            continue
+        name = f"{r['path'].replace(' ', '-')} {r['px']}"
+        cores[name] = demand[r["px"]] * r["cpu_us_per_image"] * 1e-6
+        print(f"cores per GPU {name} {cores[name]:.1f}")
     print("(a typical 8-GPU node has 8-16 cores per GPU; the device cache and nvjpeg decode run on "
           "the GPU: gpu_check.sh measures them there)")
     write_result("bench_input", {"machine": machine(), "quick": a.quick, "images": n,

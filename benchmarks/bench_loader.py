@@ -2,6 +2,12 @@
 
     python benchmarks/bench_loader.py            # 28, 64, 128 px; 1 and 2 workers; ~8 min
     python benchmarks/bench_loader.py --quick    # 1000 images a set, 2 rounds of 1.5 s cases; ~4 min
+    python benchmarks/bench_loader.py --against c73da1a --resolutions 64 128 --quick
+                                                 # today's loader against an earlier revision's
+
+On the built-in sketches. For real photos (AFHQ cats, jpeg / png / raw at 64 and 128 px), every
+input path beside its bound (streaming with 1 and 2 workers, the memory and device caches,
+JPEG bytes decoded per batch) and how many cores one GPU needs for each: bench_input.py.
 
 For each resolution (28 px grayscale like QuickDraw, 64 and 128 px RGB like CelebA) the
 built-in sketches are written as shard sets (png and raw uint8) and, with the very same PNG
@@ -33,6 +39,7 @@ from pathlib import Path
 
 from _common import OUT_DIR, cpu_seconds, interleave, median, paired_ratio, spread, write_result
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402  (after _common put the repo on sys.path)
 
 from wgan_dist.data import pipeline as data  # noqa: E402
@@ -80,19 +87,20 @@ def image_folder(png_dir: Path) -> Path:
 
 def _decode_worker(samples: list, res: int, ch: int, seconds: float, barrier, queue) -> None:
     torch.set_num_threads(1)
-    decode = data.DecodeSample(res, ch)
+    batch = np.empty((BATCH, res, res, ch), dtype=np.uint8)
     barrier.wait()
     n, t_end = 0, time.perf_counter() + seconds
     while time.perf_counter() < t_end:
-        for s in samples[n % len(samples): n % len(samples) + 64]:
-            decode(s)
+        for i, s in enumerate(samples[n % len(samples): n % len(samples) + BATCH]):
+            batch[i] = data.decode_sample(s, res, ch)
             n += 1
     queue.put(n)
 
 
 def bound_rate(samples: list, res: int, workers: int, seconds: float) -> dict:
-    """What ``workers`` processes decoding in a tight loop reach (forked, as the DataLoader's
-    workers are)."""
+    """What ``workers`` processes decoding into a batch in a tight loop reach (forked, as the
+    DataLoader's workers are): ``data.pipeline.decode_sample`` and the copy into the batch,
+    nothing else (for raw entries the copy is all there is)."""
     ctx = mp.get_context("fork")
     barrier, queue = ctx.Barrier(workers + 1), ctx.Queue()
     procs = [ctx.Process(target=_decode_worker, args=(samples, res, CHANNELS[res], seconds, barrier, queue))
@@ -130,8 +138,8 @@ def loader_rate(make_iter, batches: int, shutdown=None) -> dict:
 
 
 def pipeline_rate(urls: list[str], res: int, workers: int, batches: int,
-                  fast_tar: bool = True) -> dict:
-    loader = data.make_loader(urls, rank=0, world=1, seed=0, batch_size=BATCH, resolution=res,
+                  fast_tar: bool = True, module=None) -> dict:
+    loader = (module or data).make_loader(urls, rank=0, world=1, seed=0, batch_size=BATCH, resolution=res,
                               channels=CHANNELS[res], num_batches=batches, workers=workers,
                               shuffle_buffer=1000, fast_tar=fast_tar)
     return loader_rate(lambda: iter(loader), batches)
@@ -177,16 +185,17 @@ def stage_costs(urls: list[str], res: int, images: int, repeats: int) -> dict[st
     import webdataset as wds
 
     read = [data.ShardStream(urls, 0, 1, 0), data.ReadTar()]
-    mid = [data.Shuffle(1000, 0, 0), data.DrawFlips(False, 0, 0), data.SkipConsumed(0, BATCH)]
-    decode = [wds.map(data.DecodeSample(res, CHANNELS[res]))]
-    batch = [wds.batched(BATCH, collation_fn=data.collate, partial=False)]
+    mid = [data.Shuffle(1000, 0, 0), data.DrawFlips(True, 0, 0), data.SkipConsumed(0, BATCH)]
+    batch = [wds.batched(BATCH, collation_fn=None, partial=False)]
+    decode = [data.DecodeBatch(res, CHANNELS[res])]
     rows = {"tar read, webdataset's reader": [data.ShardStream(urls, 0, 1, 0), wds.tarfile_to_samples()],
-            "tar read (ReadTar)": read, "+ shuffle, flip, resume skip": read + mid,
-            "+ decode": read + mid + decode, "+ batch (collate)": read + mid + decode + batch}
+            "tar read (ReadTar)": read, "+ shuffle, flip coins, resume skip": read + mid,
+            "+ batch (lists of samples)": read + mid + batch,
+            "+ decode into the batch (DecodeBatch)": read + mid + batch + decode}
 
     def cost(stages: list) -> float:
         it = iter(wds.DataPipeline(*stages))
-        per_item = BATCH if stages[-1] is batch[0] else 1
+        per_item = BATCH if stages[-1] in (batch[0], decode[0]) else 1
         next(it)
         c0 = time.process_time()
         for _ in range(images // per_item):
@@ -283,6 +292,59 @@ def bench_reader(per_class: int, repeats: int, seconds: float) -> dict:
     return out
 
 
+# ---------------------------------------------------------------------------------- against
+def pipeline_at(rev: str):
+    """``wgan_dist/data/pipeline.py`` as it was at git revision ``rev``, imported beside today's
+    (written into the package for its relative imports, removed again at once)."""
+    import importlib
+    import subprocess
+
+    src = subprocess.run(["git", "show", f"{rev}:wgan_dist/data/pipeline.py"], cwd=OUT_DIR.parent.parent,
+                         capture_output=True, text=True, check=True).stdout
+    name = f"_pipeline_{rev.replace('~', '_').replace('^', '_')}"
+    path = Path(data.__file__).with_name(name + ".py")
+    path.write_text(src)
+    try:
+        return importlib.import_module(f"wgan_dist.data.{name}")
+    finally:
+        path.unlink()
+
+
+def bench_against(rev: str, per_class: int, resolutions: list[int], workers: list[int],
+                  repeats: int, seconds: float) -> list[dict]:
+    """Today's loader against the one at ``rev``, interleaved: CPU us per image (all processes)
+    and wall images/s, png and raw, per resolution and worker count."""
+    then = pipeline_at(rev)
+    rows = []
+    for res in resolutions:
+        cases = {}
+        for enc in ("png", "raw"):
+            urls = urls_of(shard_set(res, enc, per_class))
+            for w in workers:
+                nb = max(20, math.ceil((15000 if enc == "raw" else 3000) * w * seconds / BATCH))
+                for who, mod in (("now", data), (rev, then)):
+                    cases[f"{enc} W{w} {who}"] = (lambda u=urls, w=w, nb=nb, m=mod: pipeline_rate(
+                        u, res, w, nb, module=m))
+        print(f"\n{res} px, today's loader against {rev}; wall img/s per round:")
+        runs = interleave(cases, repeats)
+        for enc in ("png", "raw"):
+            for w in workers:
+                now, old = runs[f"{enc} W{w} now"], runs[f"{enc} W{w} {rev}"]
+                rows.append({"resolution": res, "encoding": enc, "workers": w, "against": rev,
+                             "now_cpu_us": median([1e6 / r["img_cpu_s"] for r in now]),
+                             "then_cpu_us": median([1e6 / r["img_cpu_s"] for r in old]),
+                             "now_img_s": median([r["img_s"] for r in now]),
+                             "then_img_s": median([r["img_s"] for r in old]),
+                             "speedup_cpu": paired_ratio([r["img_cpu_s"] for r in now], [r["img_cpu_s"] for r in old]),
+                             "speedup_wall": paired_ratio([r["img_s"] for r in now], [r["img_s"] for r in old])})
+    print(f"\n{'px':>4} {'enc':>4} {'W':>2} | CPU us/img now {rev:>8} | img/s now {rev:>8} | speed-up CPU  wall")
+    for r in rows:
+        print(f"{r['resolution']:>4} {r['encoding']:>4} {r['workers']:>2} | {r['now_cpu_us']:14.1f} "
+              f"{r['then_cpu_us']:8.1f} | {r['now_img_s']:9.0f} {r['then_img_s']:8.0f} | "
+              f"{r['speedup_cpu']:11.2f} {r['speedup_wall']:5.2f}")
+    return rows
+
+
 # ---------------------------------------------------------------------------------- main
 def bench_resolution(res: int, per_class: int, workers_list: list[int], repeats: int,
                      seconds: float) -> list[dict]:
@@ -333,11 +395,17 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 3)")
     p.add_argument("--reader-only", action="store_true",
                    help="only the tar reader comparison (mmap vs webdataset, 28 px)")
+    p.add_argument("--against", metavar="REV",
+                   help="only today's loader against data/pipeline.py at git revision REV")
     a = p.parse_args()
     per_class = 125 if a.quick else 250  # 8 classes
     repeats = a.repeats or (2 if a.quick else 3)
     seconds = 1.5 if a.quick else 2.0
     torch.set_num_threads(1)  # the training process does little here; keep it off the workers' cores
+    if a.against:
+        rows = bench_against(a.against, per_class, a.resolutions, a.workers, repeats, seconds)
+        write_result("bench_loader_against", {"against": a.against, "repeats": repeats, "rows": rows})
+        return
     print("tar reader: mmap scanner vs webdataset's, end to end at 28 px ...", flush=True)
     reader = bench_reader(per_class, max(repeats, 3), seconds)
     if a.reader_only:
@@ -346,13 +414,14 @@ def main() -> None:
     rows = []
     for res in a.resolutions:
         rows += bench_resolution(res, per_class, a.workers, repeats, seconds)
-    print("\nstage costs, CPU us per image in one process (png) ...")
-    stages = {res: stage_costs(urls_of(shard_set(res, "png", per_class)), res, 2000, repeats)
-              for res in a.resolutions}
-    for res, costs in stages.items():  # what the hand-over to the training process adds
-        w1 = next(r for r in rows if r["resolution"] == res and r["encoding"] == "png" and r["workers"] == 1)
+    print("\nstage costs, CPU us per image in one process ...")
+    stages = {f"{res} {enc}": stage_costs(urls_of(shard_set(res, enc, per_class)), res, 2000, repeats)
+              for res in a.resolutions for enc in ("png", "raw")}
+    for key, costs in stages.items():  # what the hand-over to the training process adds
+        res, enc = key.split()
+        w1 = next(r for r in rows if r["resolution"] == int(res) and r["encoding"] == enc and r["workers"] == 1)
         costs["1 worker, all processes (rounds above)"] = 1e6 / w1["pipeline_img_cpu_s"]
-        costs["bound: decode alone (rounds above)"] = 1e6 / w1["bound_img_cpu_s"]
+        costs["bound: decode into a batch (rounds above)"] = 1e6 / w1["bound_img_cpu_s"]
     mem_res = 64 if 64 in a.resolutions else a.resolutions[0]
     epochs = 8 if a.quick else 12
     print(f"\nmemory: one loader, {mem_res} px png, 2 workers, {epochs} passes over the set ...")
@@ -375,9 +444,9 @@ def main() -> None:
     print(f"  RSS first {mem['rss_first_mb']:.0f}, peak {mem['rss_peak_mb']:.0f}, last "
           f"{mem['rss_last_mb']:.0f} ({mem['rss_growth_first_to_last']:+.1%}); "
           f"PSS {mem['pss_growth_first_to_last']:+.1%}")
-    print(f"CPU us per image, png: {'':<34}" + "".join(f"{res:>7} px" for res in stages))
+    print(f"CPU us per image (px encoding): {'':<25}" + "".join(f"{key:>12}" for key in stages))
     for k in next(iter(stages.values())):
-        print(f"  {k:<55}" + "".join(f"{stages[res][k]:10.1f}" for res in stages))
+        print(f"  {k:<55}" + "".join(f"{stages[key][k]:12.1f}" for key in stages))
     write_result("bench_loader", {"quick": a.quick, "repeats": repeats, "seconds_per_case": seconds,
                                   "batch": BATCH, "rows": rows, "stage_cpu_us_per_image": stages,
                                   "memory": mem, "reader": reader})

@@ -16,10 +16,17 @@
    to plain fp32, peak memory. Compile: the 128 px critic step only (it takes a minute).
 3. nccl (2+ GPUs; --cpu-smoke: gloo): ``torch.distributed.run --standalone --nproc_per_node=2`` of
    the CLI, bf16, batch 256 per GPU, grad_comm fp32 vs bf16: img/s of the status lines but the first.
+4. input: real photos (``INPUT_PHOTOS``: AFHQ cats, sharded here as JPEG at 64 and 128 px) through
+   the real Trainer (--cpu-smoke: 32 px), ``INPUT_CASE``'s settings and section 2's batch, streamed (``data.cache=none``,
+   one loader worker per core), held decoded on the GPU (``device``) and held as JPEG bytes decoded
+   on the GPU per batch (``encoded``, nvjpeg): end-to-end img/s (status lines but the first) and its
+   ratio to section 2's random-tensor G step of the same case and size (target: the device cache
+   >= 0.95).
 
 Prints the table and each section's time; writes <out>/gpu_check.json and gpu_check.md. Exit 1
-when a run fails, a loss is non-finite or a resume is not exact (one line says which). The target
-(bf16 128 px critic step, batch 256 >= 35 % of the peak; every fast path >= plain fp32) is shown.
+when a run fails, a loss is non-finite or a resume is not exact (one line says which). The targets
+(bf16 128 px critic step, batch 256 >= 35 % of the peak; every fast path >= plain fp32; the device
+cache end to end >= 0.95 of random tensors) are shown.
 """
 from __future__ import annotations
 
@@ -60,6 +67,11 @@ LOSSES = ("critic_loss", "generator_loss")
 RUNS = {"fp32": {"train.mixed_precision": "no"}, "bf16": {"train.mixed_precision": "bf16"},
         "zero2-bf16": {"train.mixed_precision": "bf16", "train.backend": "deepspeed",
                        "train.zero_stage": 2}}
+# Section 4: real photos through each input path, with section 2's case of these settings.
+INPUT_PHOTOS = REPO.parent / "shared" / "data" / "afhq_cat" / "cat"
+INPUT_CASE = "bf16+fused"
+INPUTS = {"stream": {"data.cache": "none"}, "device": {"data.cache": "device"},
+          "encoded": {"data.cache": "encoded"}}
 
 
 def make_plan(smoke: bool, out: Path) -> Plan:
@@ -69,7 +81,9 @@ def make_plan(smoke: bool, out: Path) -> Plan:
             "data.builtin_per_class": 16, "eval.num": 64}
     plan = dict(smoke=False, base=base, run={"log.tick_every": 5}, steps=50, split=25, px=(64, 128),
                 batch=256, warmup=10, iters=20, timeout=300,  # timeout: s per CLI process
-                comm={**BF16, "train.batch_size": 512, "log.tick_every": 5}, comm_steps=30)
+                comm={**BF16, "train.batch_size": 512, "log.tick_every": 5}, comm_steps=30,
+                photos=2048, input_px=(64, 128), input_steps=40, input_tick=10,
+                workers=os.cpu_count() or 1)
     if smoke:
         base.update({"data.builtin_per_class": 4, "eval.num": 8, "log.grid_size": 4,
                      "data.workers": 0, "data.shuffle_buffer": 16, "model.g_width": 8,
@@ -77,7 +91,8 @@ def make_plan(smoke: bool, out: Path) -> Plan:
                      "train.batch_size": 4})
         plan.update(smoke=True, run={"log.tick_every": 2}, steps=8, split=4, px=(28, 32), batch=4,
                     warmup=1, iters=2, timeout=120,
-                    comm={**BF16, "train.batch_size": 8, "log.tick_every": 1}, comm_steps=4)
+                    comm={**BF16, "train.batch_size": 8, "log.tick_every": 1}, comm_steps=4,
+                    photos=32, input_px=(32,), input_steps=6, input_tick=2)
     return Plan(**plan)
 
 
@@ -298,6 +313,77 @@ def section_nccl(plan: Plan, out: Path, gpus: int) -> tuple[dict, list[str]]:
     return res, fails
 
 
+# ------------------------------------------------------------------------ 4. input
+def photo_shards(plan: Plan, out: Path, px: int) -> Path:
+    """``plan.photos`` AFHQ cats as JPEG shards at ``px`` (one shard per loader worker at least),
+    written once per output directory."""
+    from wgan_dist.data.write import write_shards
+
+    path = out / "photos" / f"afhq-{px}px-jpeg-{plan.photos}"
+    if not (path / "manifest.json").is_file():
+        write_shards([str(INPUT_PHOTOS)], str(path), resolution=px, channels=3, encoding="jpeg",
+                     per_shard=max(8, plan.photos // max(4, plan.workers)), limit=plan.photos,
+                     workers=min(plan.workers, max(1, plan.photos // 256)),  # a pool pays for many
+                     overwrite=True, progress=False)
+    return path
+
+
+def input_run(plan: Plan, out: Path, px: int, batch: int, shards: Path, name: str) -> dict:
+    """One Trainer.train() on the photos through input path ``name``; img/s of its status lines
+    after the first (the first holds the warm-up: loader workers, cuDNN's choices)."""
+    from wgan_dist.compat import reset_accelerator_state
+    from wgan_dist.training.trainer import Trainer
+
+    run_dir = out / "input" / f"{name}-{px}"
+    never = plan.input_steps + 1  # samples and checkpoints: only the end of the run's
+    reset_accelerator_state()
+    t = Trainer(load_config(PRESET, overrides(plan.base, PLAIN, CASES[INPUT_CASE], INPUTS[name], {
+        "data.shards": shards, "data.resolution": px, "data.channels": 3,
+        "data.workers": plan.workers, "train.batch_size": batch, "train.steps": plan.input_steps,
+        "log.tick_every": plan.input_tick, "log.sample_every": never, "log.ckpt_every": never,
+        "eval.every": 0, "log.run_dir": run_dir})), overwrite=True)
+    try:
+        cache = t.cfg.data.cache  # what the run settled on
+        t.train()
+    finally:
+        t.close()
+        del t
+        gc.collect()
+        torch.cuda.empty_cache()
+    ticks = [float(m[1]) for m in STATUS.findall((run_dir / "log.txt").read_text())]
+    later = ticks[1:] or ticks
+    return {"cache": cache, "ticks_img_s": ticks, "img_s": median(later) if later else None}
+
+
+def section_input(plan: Plan, out: Path, throughput: dict) -> tuple[dict, list[str]]:
+    rows, fails = [], []
+    for px in plan.input_px:
+        random = next((r for r in throughput["cases"] if r["case"] == INPUT_CASE and r["px"] == px
+                       and "img_s" in r.get("g_step", {})), None)
+        if random is None:
+            fails.append(f"input/{px}px: no section-2 figure for {INPUT_CASE} to compare with")
+            continue
+        t0 = time.perf_counter()
+        shards = photo_shards(plan, out, px)
+        shard_s = time.perf_counter() - t0
+        for name in INPUTS:
+            row = {"px": px, "input": name, "batch": random["batch"], "case": INPUT_CASE,
+                   "random_img_s": random["g_step"]["img_s"], "shard_s": shard_s}
+            t0 = time.perf_counter()
+            try:
+                row.update(input_run(plan, out, px, random["batch"], shards, name))
+                row["vs_random"] = row["img_s"] / row["random_img_s"] if row["img_s"] else None
+            except Exception as e:  # recorded and failed; the other paths still run
+                row["error"] = f"{type(e).__name__}: {e}"
+                fails.append(f"input/{name}/{px}px: {row['error']}")
+            row["wall_s"] = time.perf_counter() - t0
+            rows.append(row)
+            print(f"  {name:<8} {px:>4} px  " + (row.get("error") or
+                  f"{fmt(row['img_s'])} img/s end to end, random tensors {fmt(row['random_img_s'])}: "
+                  f"x{fmt(row['vs_random'], '.2f')}"), flush=True)
+    return {"photos": plan.photos, "workers": plan.workers, "rows": rows}, fails
+
+
 # ------------------------------------------------------------------------ the table
 def fmt(x, spec: str = ".0f") -> str:
     return "n/a" if x is None else format(x, spec)
@@ -332,6 +418,13 @@ def table(res: dict) -> str:
         *md("case | px | batch | critic img/s | TFLOP/s | % peak | vs fp32 | G step img/s | TFLOP/s "
             "| % peak | vs fp32 | peak mem GB", map(throughput_cells, res["throughput"]["cases"])),
         "", "## nccl: 2 processes, train.grad_comm fp32 vs bf16", "", *comm, "",
+        f"## input: {res['input'].get('photos')} AFHQ cat photos (JPEG shards) through the Trainer, "
+        f"{INPUT_CASE}, {res['input'].get('workers')} loader worker(s) when streaming", "",
+        *md("input | px | batch | cache | end-to-end img/s | random tensors img/s | ratio | wall s",
+            [[r["input"], r["px"], r["batch"], r.get("cache", ""), fmt(r.get("img_s")),
+              fmt(r["random_img_s"]), fmt(r.get("vs_random"), ".2f"), fmt(r["wall_s"])]
+             if "error" not in r else [r["input"], r["px"], r["batch"], "error: " + r["error"],
+                                       "", "", "", ""] for r in res["input"].get("rows", [])]), "",
         "## targets", "", *res["targets"], "", res["verdict"], ""])
 
 
@@ -359,6 +452,14 @@ def targets(rows: list[dict], top: int) -> list[str]:
                                                                     "NO, slower: " + ", ".join(slow))]
 
 
+def input_targets(inp: dict, plan: Plan) -> list[str]:
+    dev = [r for r in inp.get("rows", []) if r["input"] == "device"]
+    cells = ", ".join(f"{r['px']} px x{fmt(r.get('vs_random'), '.2f')}" for r in dev) or "none"
+    ok = bool(dev) and all((r.get("vs_random") or 0) >= 0.95 for r in dev)
+    return [f"- device cache end to end >= 0.95 of random tensors: {cells} -> "
+            + ("n/a (cpu smoke)" if plan.smoke else "met" if ok else "NOT met")]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -384,7 +485,8 @@ def main() -> int:
     fails, t_all = [], time.perf_counter()
     for name, fn in {"runs": lambda: section_runs(plan, out),
                      "throughput": lambda: section_throughput(plan, out, peak),
-                     "nccl": lambda: section_nccl(plan, out, torch.cuda.device_count())
+                     "nccl": lambda: section_nccl(plan, out, torch.cuda.device_count()),
+                     "input": lambda: section_input(plan, out, res["throughput"]),
                      }.items():
         print(f"== {name}", flush=True)
         t0 = time.perf_counter()
@@ -392,7 +494,8 @@ def main() -> int:
         fails, res["elapsed_s"][name] = fails + failed, time.perf_counter() - t0
         print(f"== {name}: {res['elapsed_s'][name]:.1f} s", flush=True)
     res["elapsed_s"]["total"] = time.perf_counter() - t_all
-    res["failures"], res["targets"] = fails, targets(res["throughput"]["cases"], max(plan.px))
+    res["failures"] = fails
+    res["targets"] = targets(res["throughput"]["cases"], max(plan.px)) + input_targets(res["input"], plan)
     res["verdict"] = "result: OK" if not fails else "result: FAILED: " + "; ".join(fails)
     (out / "gpu_check.json").write_text(json.dumps(res, indent=1, default=str))
     (out / "gpu_check.md").write_text(text := table(res))

@@ -1,6 +1,6 @@
 """benchmarks/gpu_check.sh --cpu-smoke: the one-shot GPU check at toy sizes on the CPU, as CI runs
 it, so the script cannot rot: every section runs, the JSON is complete and finite, the table
-names every case."""
+names every case and every input path."""
 from __future__ import annotations
 
 import json
@@ -34,7 +34,7 @@ def test_cpu_smoke_writes_a_complete_finite_report(tmp_path):
     assert "result: OK" in r.stdout
     res = json.loads((out / "gpu_check.json").read_text())
     assert res["cpu_smoke"] and res["device"] == "cpu" and res["failures"] == []
-    assert set(res["elapsed_s"]) == {"runs", "throughput", "nccl", "total"}
+    assert set(res["elapsed_s"]) == {"runs", "throughput", "nccl", "input", "total"}
 
     # 1. runs: DDP fp32 and bf16, DeepSpeed ZeRO-2 bf16; each split run resumed exactly
     assert set(res["runs"]) == {"fp32", "bf16", "zero2-bf16"}
@@ -67,12 +67,28 @@ def test_cpu_smoke_writes_a_complete_finite_report(tmp_path):
         assert n[comm]["ok"] and n[comm]["losses_finite"] and n[comm]["img_s"] > 0
     assert n["bf16_vs_fp32"] > 0
 
+    # 4. input: real photos through the Trainer, each path beside section 2's random tensors
+    inp = res["input"]
+    assert inp["photos"] > 0 and inp["workers"] == os.cpu_count()
+    rows = {(r["input"], r["px"]): r for r in inp["rows"]}
+    assert set(rows) == {(name, 32) for name in ("stream", "device", "encoded")}  # smoke: 32 px only
+    for (name, px), r in rows.items():
+        assert "error" not in r, r
+        assert r["cache"] == {"stream": "none"}.get(name, name)  # what the run settled on
+        random = next(c for c in cases if c["case"] == r["case"] == "bf16+fused" and c["px"] == px)
+        assert r["random_img_s"] == random["g_step"]["img_s"] and r["batch"] == random["batch"]
+        assert len(r["ticks_img_s"]) >= 2 and r["img_s"] > 0
+        assert r["vs_random"] == r["img_s"] / r["random_img_s"]
+    assert any("device cache end to end" in t and "n/a (cpu smoke)" in t for t in res["targets"])
+
     bad = [x for x in _numbers(res) if not math.isfinite(x)]
     assert not bad, bad
 
     table = (out / "gpu_check.md").read_text()
     for n in names:
         assert f"| {n} | 28 |" in table and f"| {n} | 32 |" in table
-    for heading in ("## runs", "## throughput", "## nccl", "## targets"):
+    for heading in ("## runs", "## throughput", "## nccl", "## input", "## targets"):
         assert heading in table
+    for name in ("stream", "device", "encoded"):
+        assert f"| {name} | 32 |" in table
     assert "compile: cpu smoke" in table and table in r.stdout

@@ -1,8 +1,9 @@
 """The reading pipeline: WebDataset shards -> batches of images, one readable stage at a time.
 
     shard list -> this rank's / worker's shards, resampled with a fixed seed
-               -> tar records -> shuffle buffer -> (resume: skip what was consumed)
-               -> decode -> optional horizontal flip -> full batches only (uint8)
+               -> tar records -> shuffle buffer -> flip coins -> (resume: skip what was
+               consumed) -> full batches only -> decode (and flip) into the batch (uint8)
+    -> handed to the training process through shared memory (``handover``)
     then, on the device: scale to [-1, 1].
 
 Every rank takes exactly the number of batches the run needs: the shard stream is resampled
@@ -20,13 +21,15 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 import webdataset as wds
 from PIL import UnidentifiedImageError
-from torch.utils.data import DataLoader, default_collate, get_worker_info
+from torch.utils.data import DataLoader, get_worker_info
 
 from ..compat import shuffle_samples, shutdown_loader_workers
 from ..ranks import seed_for
+from . import handover
 from .format import DataError, check_shard, decode_image, image_entry, iter_samples, label_of
 
 
@@ -145,53 +148,75 @@ class SkipConsumed:
                 yield sample
 
 
+def decode_sample(sample: dict, resolution: int, channels: int) -> np.ndarray:
+    """A sample's image entry -> uint8 (H, W, C), unflipped; a DataError naming the shard and
+    the sample if it cannot be decoded or has another size. A raw entry is a view of its bytes
+    (no copy: it is copied once, into the batch)."""
+    ext, data = image_entry(sample)
+    try:
+        if ext == "u8":
+            pixels = np.frombuffer(data, dtype=np.uint8).reshape(resolution, resolution, channels)
+        else:
+            pixels = decode_image(data, ext, resolution, channels)
+    except Exception as e:
+        why = "not an image PIL can read" if isinstance(e, UnidentifiedImageError) else \
+            f"{type(e).__name__}: {e}"
+        raise DataError(f"{sample.get('__url__')}: sample {sample.get('__key__')}: cannot "
+                        f"decode its {ext} entry ({why})") from None
+    if pixels.shape[:2] != (resolution, resolution):
+        raise DataError(f"{sample.get('__url__')}: sample {sample.get('__key__')} is "
+                        f"{tuple(pixels.shape[:2])}, expected {resolution}x{resolution}")
+    return pixels
+
+
+def _mirror_into(out: np.ndarray, pixels: np.ndarray) -> None:
+    """``out[:] = pixels`` mirrored left-right. numpy's reversed copy is fast for one channel
+    but copies three-channel pixels one byte at a time: 257 us at 128 px against 38 for
+    torch's flip kernel (measured on the 2-core CPU)."""
+    if pixels.shape[2] == 1:
+        out[:] = pixels[:, ::-1]
+    else:
+        out[:] = pixels
+        hwc = torch.from_numpy(out)
+        hwc.copy_(hwc.flip(1))
+
+
 @dataclass(frozen=True)
-class DecodeSample:
-    """The image entry -> uint8 tensor (C, H, W) (flipped if drawn so), and the label."""
-    resolution: int | None
-    channels: int | None
+class DecodeBatch:
+    """A full batch of samples -> (uint8 images (B, C, H, W), int64 labels), each image decoded
+    (and flipped if drawn so) straight into the batch's memory: no tensor per sample, no
+    collate copy. In a loader worker that memory is a slot of the worker's shared ring and the
+    batch crosses as a slot number (``handover``); the images are a (B, C, H, W) view of
+    (B, H, W, C) memory, which ``to_model_range`` lays out on the device."""
+    resolution: int
+    channels: int
+    token: str = ""
 
-    def __call__(self, sample: dict) -> dict:
-        ext, data = image_entry(sample)
-        try:
-            arr = decode_image(data, ext, self.resolution, self.channels)
-        except Exception as e:
-            why = "not an image PIL can read" if isinstance(e, UnidentifiedImageError) else \
-                f"{type(e).__name__}: {e}"
-            raise DataError(f"{sample.get('__url__')}: sample {sample.get('__key__')}: cannot "
-                            f"decode its {ext} entry ({why})") from None
-        img = torch.from_numpy(arr).permute(2, 0, 1)
-        if img.shape[-1] != self.resolution or img.shape[-2] != self.resolution:
-            raise DataError(f"{sample.get('__url__')}: sample {sample.get('__key__')} is "
-                            f"{tuple(img.shape[-2:])}, expected {self.resolution}x{self.resolution}")
-        if sample.get("__flip__"):
-            img = img.flip(-1)
-        return {"image": img, "label": label_of(sample)}
-
-
-def collate(samples: list[dict]) -> tuple[torch.Tensor, list[int]]:
-    """(uint8 images (B, C, H, W), labels as a list).
-
-    Decoded images are (C, H, W) views of (H, W, C) memory, so they are stacked in that
-    layout -- a plain copy, not a transposing one (10x cheaper at 128 px RGB) -- and, by
-    ``default_collate`` in a loader worker, straight into the shared memory the batch
-    crosses to the training process in (one copy fewer). The batch is a (B, C, H, W) view
-    of (B, H, W, C) memory; ``to_model_range`` lays it out on the device. ``Batches`` makes
-    the labels a tensor after the hand-over (see there why)."""
-    hwc = default_collate([s["image"].permute(1, 2, 0) for s in samples])
-    return hwc.permute(0, 3, 1, 2), [s["label"] for s in samples]
+    def __call__(self, src: Iterator[list[dict]]) -> Iterator[Any]:
+        r, c, ring = self.resolution, self.channels, None
+        for samples in src:
+            b = len(samples)
+            shape, nbytes = (b, r, r, c), handover.batch_bytes(b, r, c)
+            if ring is None and get_worker_info() is not None:
+                ring = handover.Ring(self.token, nbytes)
+            slot, flat = ring.take() if ring else (-1, np.empty(nbytes, dtype=np.uint8))
+            labels, images = flat[:8 * b].view(np.int64), flat[8 * b:nbytes].reshape(shape)
+            for i, sample in enumerate(samples):
+                (_mirror_into if sample.get("__flip__") else np.copyto)(images[i], decode_sample(sample, r, c))
+                labels[i] = label_of(sample)
+            if ring is not None:
+                yield ring.message(slot, shape)
+            else:  # no worker: nothing to hand over
+                hwc, labels = handover.unpack(torch.from_numpy(flat), shape)
+                yield hwc.permute(0, 3, 1, 2), labels
 
 
 class Batches:
-    """Iterates a DataLoader of (images, label list) as (images, int64 labels tensor).
+    """Iterates a DataLoader of batches as (uint8 images (B, C, H, W), int64 labels); what
+    loader workers send is handed out by a ``handover.Receiver`` (shared slots, reused)."""
 
-    Every tensor a loader worker hands over costs a shared-memory segment and a file
-    descriptor passed over a socket: 1.3-1.6 ms of CPU for a second, tiny tensor a batch,
-    as much as decoding a dozen 28 px PNGs (benchmarks/README.md). 64 labels are not worth
-    it."""
-
-    def __init__(self, loader: DataLoader) -> None:
-        self.loader = loader
+    def __init__(self, loader: DataLoader, receiver: handover.Receiver) -> None:
+        self.loader, self.receiver = loader, receiver
         self._it: Any = None
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -200,7 +225,9 @@ class Batches:
     def take(self, count: int | None) -> "Taken":
         """An iterator of at most ``count`` batches. The loader's iterator (its workers, its
         seed) is made here, not at the first ``next()``: inside the training loop it would be a
-        host read on the first step."""
+        host read on the first step. A previous iterator's workers are shut down first."""
+        self.close()
+        self.receiver.reset()
         self._it = iter(self.loader)
         return Taken(self, count)
 
@@ -214,8 +241,7 @@ class Batches:
 
 
 class Taken:
-    """``Batches.take``: labels as an int64 tensor; ``close()`` shuts the workers down, also
-    when iteration never began."""
+    """``Batches.take``: ``close()`` shuts the workers down, also when iteration never began."""
 
     def __init__(self, batches: Batches, count: int | None) -> None:
         self.batches, self.left = batches, count
@@ -228,14 +254,17 @@ class Taken:
         if it is None or self.left == 0:
             self.close()
             raise StopIteration
+        receiver = self.batches.receiver
+        receiver.release()  # before the loader asks a worker for more: slots it may reuse
         try:
-            images, labels = next(it)
+            batch = next(it)
         except BaseException:
             self.close()
             raise
         if self.left is not None:
             self.left -= 1
-        return images, torch.tensor(labels, dtype=torch.long)
+        # a worker's batch arrives as a slot (pinned copies come from the pin thread)
+        return receiver.hand_out(batch) if isinstance(batch, handover.Handed) else batch
 
     def close(self) -> None:
         self.batches.close()
@@ -245,9 +274,10 @@ def build_pipeline(urls: list[str], *, rank: int, world: int, seed: int, batch_s
                    resolution: int, channels: int, shuffle_buffer: int = 2000,
                    hflip: bool = False, batches_per_worker: int,
                    skip_batches: int = 0, fast_tar: bool = True,
-                   expected: dict | None = None) -> wds.DataPipeline:
+                   expected: dict | None = None, token: str = "") -> wds.DataPipeline:
     """The stages, in order. batch_size is per process; ``fast_tar``: format's pread reader
-    (else webdataset's, for the benchmark that justifies keeping ours)."""
+    (else webdataset's, for the benchmark that justifies keeping ours); ``token``: the
+    ``handover.Receiver`` that takes the workers' batches."""
     k = skip_batches
     return wds.DataPipeline(
         ShardStream(urls, rank, world, seed, k),      # shards of this rank/worker, resampled
@@ -255,8 +285,8 @@ def build_pipeline(urls: list[str], *, rank: int, world: int, seed: int, batch_s
         Shuffle(shuffle_buffer, seed, rank, k),       # seeded shuffle buffer
         DrawFlips(hflip, seed, rank, k),              # flip coins, drawn before any skip
         SkipConsumed(skip_batches, batch_size),       # resume: drop what was already used
-        wds.map(DecodeSample(resolution, channels)),  # bytes -> uint8 (C, H, W)
-        wds.batched(batch_size, collation_fn=collate, partial=False),  # full batches only
+        wds.batched(batch_size, collation_fn=None, partial=False),  # full batches only
+        DecodeBatch(resolution, channels, token),     # bytes -> uint8 batch, in shared memory
     ).with_epoch(batches_per_worker)                  # fixed length: equal steps on every rank
 
 
@@ -302,28 +332,28 @@ def make_loader(urls: list[str], *, rank: int, world: int, seed: int, batch_size
     """An iterable of at least ``num_batches`` (uint8 images, int64 labels) batches.
 
     One pass is all a run reads (the stream is resampled and cut to the run's length), so
-    persistent workers would buy nothing; each worker keeps 4 batches prefetched, pinned
-    by the loader's pin thread when ``pin_memory``. ``mp_context``: how workers start (None:
+    persistent workers would buy nothing; each worker keeps 4 batches prefetched, copied into
+    pinned memory by the loader's pin thread when ``pin_memory`` (``handover.Handed``). ``mp_context``: how workers start (None:
     the platform's default; every stage pickles, so ``spawn``/``forkserver`` work too)."""
-    readers = max(1, workers)
+    readers, receiver = max(1, workers), handover.Receiver()
     pipeline = build_pipeline(
         urls, rank=rank, world=world, seed=seed, batch_size=batch_size, resolution=resolution,
         channels=channels, shuffle_buffer=shuffle_buffer, hflip=hflip,
         # +1: after a resume a worker may owe one batch more than the even share.
         batches_per_worker=math.ceil(num_batches / readers) + 1,
-        skip_batches=skip_batches, fast_tar=fast_tar, expected=expected,
+        skip_batches=skip_batches, fast_tar=fast_tar, expected=expected, token=receiver.token,
     )
     kwargs: dict[str, Any] = {}
     if workers > 0:
         kwargs.update(persistent_workers=False, prefetch_factor=4,
                       worker_init_fn=_worker_signals, multiprocessing_context=mp_context)
     return Batches(DataLoader(pipeline, batch_size=None, num_workers=workers,
-                              pin_memory=pin_memory, **kwargs))
+                              pin_memory=pin_memory, **kwargs), receiver)
 
 
 def to_model_range(images: torch.Tensor,
                    memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """uint8 [0, 255] -> float [-1, 1] in ``memory_format``. Done after the transfer: 4x fewer
     bytes to move, and the one conversion also lays the batch out (it arrives channels-last
-    in memory, see ``collate``), which on a GPU costs nothing extra."""
+    in memory, see ``DecodeBatch``), which on a GPU costs nothing extra."""
     return images.to(torch.float32, memory_format=memory_format).mul_(2.0 / 255.0).sub_(1.0)
