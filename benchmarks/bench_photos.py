@@ -358,6 +358,9 @@ def cat_rows(a, work: Path, width: list[str], out_dir: Path, tag: str) -> dict:
         last = ours[-1]
         add("ours", ours_samples(last["path"], num), last["kimg"], last["cpu_s"], "ours.png",
             preset=a.preset, overrides=[*width, *a.set])
+        if a.trajectory:  # is it still improving when the budget ends?
+            for c in ours[:-1]:
+                add(f"ours at {c['kimg']:.1f} kimg", ours_samples(c["path"], num), c["kimg"], c["cpu_s"], None)
     for name in ("small", "small_noaug"):
         if name in a.models:
             extra = ["data.diffaug="] if name == "small_noaug" else []
@@ -430,6 +433,7 @@ def main() -> int:
                     help="extra overrides for ours and the small-data models (a recipe under trial)")
     ap.add_argument("--preset", default="celeba64", help="ours' preset")
     ap.add_argument("--tag", default="", help="suffix of the output names")
+    ap.add_argument("--trajectory", action="store_true", help="also score every kept checkpoint of ours")
     ap.add_argument("--work", type=Path, default=None, help="keep data and runs here (default: a temp dir)")
     ap.add_argument("--reuse", action="store_true", help="with --work: read back a finished run of "
                     "the same command instead of training it again")
