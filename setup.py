@@ -21,7 +21,9 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "deepspeed"],
+        # OpenCV up to 4.10 ships the Haar cascades the photo judges use (5.x dropped them).
+        "test": ["pytest", "deepspeed", "opencv-python-headless<4.11"],
+        "photos": ["opencv-python-headless<4.11"],
         "fid": ["torch-fidelity"],
         "deepspeed": ["deepspeed"],
     },

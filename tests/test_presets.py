@@ -49,10 +49,10 @@ def test_preset_contents():
     assert af.loss.ac_weight == 1.0
     assert load_config("small_data64").data.diffaug == "translation,cutout,color"
     assert load_config("small_data64").data.resolution == 64
-    for name, res in (("celeba64", 64), ("celeba128", 128)):
+    for name, res, batch in (("celeba64", 64, 32), ("celeba128", 128, 128)):
         c = load_config(name)
         assert (c.data.resolution, c.data.channels, c.model.latent_dim, c.train.batch_size, c.data.hflip) == \
-            (res, 3, 100, 128, True)
+            (res, 3, 100, batch, True)
 
 
 # ------------------------------------------------------------------ two steps of each preset
