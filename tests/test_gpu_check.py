@@ -72,13 +72,13 @@ def test_cpu_smoke_writes_a_complete_finite_report(tmp_path):
     assert inp["photos"] > 0 and inp["workers"] == os.cpu_count()
     rows = {(r["input"], r["px"]): r for r in inp["rows"]}
     assert set(rows) == {(name, 32) for name in ("stream", "device", "encoded")}  # smoke: 32 px only
-    for (name, px), r in rows.items():
-        assert "error" not in r, r
-        assert r["cache"] == {"stream": "none"}.get(name, name)  # what the run settled on
-        random = next(c for c in cases if c["case"] == r["case"] == "bf16+fused" and c["px"] == px)
-        assert r["random_img_s"] == random["g_step"]["img_s"] and r["batch"] == random["batch"]
-        assert len(r["ticks_img_s"]) >= 2 and r["img_s"] > 0
-        assert r["vs_random"] == r["img_s"] / r["random_img_s"]
+    for (name, px), row in rows.items():
+        assert "error" not in row, row
+        assert row["cache"] == {"stream": "none"}.get(name, name)  # what the run settled on
+        random = next(c for c in cases if c["case"] == row["case"] == "bf16+fused" and c["px"] == px)
+        assert row["random_img_s"] == random["g_step"]["img_s"] and row["batch"] == random["batch"]
+        assert len(row["ticks_img_s"]) >= 2 and row["img_s"] > 0
+        assert row["vs_random"] == row["img_s"] / row["random_img_s"]
     assert any("device cache end to end" in t and "n/a (cpu smoke)" in t for t in res["targets"])
 
     bad = [x for x in _numbers(res) if not math.isfinite(x)]

@@ -7,7 +7,9 @@ and writes them per rank to ``$WGAN_DIST_INSTRUMENT.rank<r>.json`` at the end.
 A host read is what makes the host wait for the device: ``.item()``, ``.tolist()``,
 ``.cpu()``, ``.numpy()``, ``bool()`` / ``float()`` / ``int()`` of a tensor, and ``.to()`` a
 CPU device (from another device). They are counted on every tensor (the stop vote reads its
-result from a NumPy buffer, never from a tensor: ``ranks.StopVote``). On a CPU run
+result from a NumPy buffer, never from a tensor: ``ranks.StopVote``) but those in the host's
+shared memory: the loader's batches and slot states (``data.handover``), which live on the
+host on every machine, so reading them never waits for a device. On a CPU run
 the device *is* the host, but the same code runs on a GPU, so a read counted here is a sync
 there.
 """
@@ -37,7 +39,7 @@ class SyncCounter:
 
         def wrap(name, real):
             def counted(t, *args, **kwargs):
-                if self.hot and (
+                if self.hot and not _host_only(t) and (
                         name != "to" or (t.device.type != "cpu" and _to_cpu(args, kwargs))):
                     self.count += 1
                     frame = traceback.extract_stack(limit=2)[0]  # the reader itself
@@ -53,6 +55,10 @@ class SyncCounter:
         for name, real in self._saved.items():
             setattr(torch.Tensor, name, real)
         self._saved = {}
+
+
+def _host_only(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu" and t.is_shared()
 
 
 def _to_cpu(args, kwargs) -> bool:
