@@ -166,6 +166,15 @@ class ImageCache:
         return images, self.labels.index_select(0, idx).to(self.device, non_blocking=True)
 
 
+def flip_on_host(images: torch.Tensor, coin: torch.Tensor) -> None:
+    """Mirror ``images[coin]`` in place, for a batch in host memory: NumPy's strided copy is
+    ~5x torch's flip of uint8 there (19 against 110 CPU-us an image at 128 px with
+    ``torch.where``, measured 2026-12-07). Runs only when the device is the host, so its reads
+    are no device syncs (``training.instrument`` knows this function by name)."""
+    a, s = images.numpy(), coin.numpy()
+    a[s] = a[s][..., ::-1]
+
+
 class CachedBatches:
     """Batches ``skip`` .. ``skip + count - 1`` of a run drawn from an ``ImageCache``: an
     iterator of (uint8 images, int64 labels) on the device, like ``pipeline.Taken``."""
@@ -200,7 +209,10 @@ class CachedBatches:
         if self.hflip:
             g = generator_for(self.cache.device, self.seed, "cache-flip", self.rank, self.k)
             coin = torch.rand(len(idx), generator=g, device=self.cache.device) < 0.5
-            images = torch.where(coin[:, None, None, None], images.flip(-1), images)
+            if images.device.type == "cpu":
+                flip_on_host(images, coin)
+            else:
+                images = torch.where(coin[:, None, None, None], images.flip(-1), images)
         self.k += 1
         return images, labels
 
