@@ -245,8 +245,9 @@ class Trainer(Steps, RunState):
         # Auto threads on a CPU: the faster of all of them and one, by measured steps.
         auto = self.threads_why not in ("train.threads", "OMP_NUM_THREADS")
         self.tuner = ThreadTuner(cfg.train.threads, auto and self.device.type == "cpu")
-        if self.tuner.active:
-            self.threads_why += f"; 1 or {cfg.train.threads} by measured step time"
+        tuned = f"; 1 or {cfg.train.threads} by measured step time"
+        if self.tuner.active and not self.threads_why.endswith(tuned):  # train() may run again
+            self.threads_why += tuned
         self.runlog.say(self.plan(remaining))
         self.signals.install()
         if remaining <= 0:
