@@ -84,7 +84,9 @@ def new_trainer(run_name: str, extra: dict[str, Any], steps: int, width: int):
     reset_accelerator_state()
     values = {"data.cache_dir": str(OUT_DIR / "data"), "data.builtin_per_class": 250,
               "model.g_width": width, "model.d_width": width, "eval.num": 256,
-              "train.steps": steps, "log.run_dir": str(OUT_DIR / run_name), **extra}
+              "train.steps": steps, "log.run_dir": str(OUT_DIR / run_name),
+              "train.threads": torch.get_num_threads(),  # the plain loop's (--threads): like for like
+              **extra}
     return Trainer(load_config(None, [f"{k}={v}" for k, v in values.items()]), overwrite=True)
 
 
