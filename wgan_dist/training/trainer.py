@@ -245,9 +245,6 @@ class Trainer(Steps, RunState):
         # Auto threads on a CPU: the faster of all of them and one, by measured steps.
         auto = self.threads_why not in ("train.threads", "OMP_NUM_THREADS")
         self.tuner = ThreadTuner(cfg.train.threads, auto and self.device.type == "cpu")
-        tuned = f"; 1 or {cfg.train.threads} by measured step time"
-        if self.tuner.active and not self.threads_why.endswith(tuned):  # train() may run again
-            self.threads_why += tuned
         self.runlog.say(self.plan(remaining))
         self.signals.install()
         if remaining <= 0:
@@ -354,9 +351,11 @@ class Trainer(Steps, RunState):
     def plan(self, remaining: int) -> str:
         """The start-up lines: where, what data, how many processes, what a step is."""
         augment = self.draws.augment
+        tuned = f"; 1 or {self.cfg.train.threads} by measured step time" if self.tuner.active else ""
         return plan_text(self.cfg, Plan(
             self.run_dir, self.shards, self.world, self.device, self.backend.describe(),
-            self.threads_why, self.batch, remaining, (count_params(self.G.raw), count_params(self.D.raw)),
+            self.threads_why + tuned, self.batch, remaining,
+            (count_params(self.G.raw), count_params(self.D.raw)),
             augment.policy if augment else (), self.inputs.plan.line()))
 
     def close(self, failed: bool = False) -> None:
