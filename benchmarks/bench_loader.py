@@ -34,6 +34,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -295,19 +296,24 @@ def bench_reader(per_class: int, repeats: int, seconds: float) -> dict:
 # ---------------------------------------------------------------------------------- against
 def pipeline_at(rev: str):
     """``wgan_dist/data/pipeline.py`` as it was at git revision ``rev``, imported beside today's
-    (written into the package for its relative imports, removed again at once)."""
-    import importlib
+    as a module of ``wgan_dist.data`` (for its relative imports) from a temporary file."""
+    import importlib.util
     import subprocess
+    import tempfile
 
     src = subprocess.run(["git", "show", f"{rev}:wgan_dist/data/pipeline.py"], cwd=OUT_DIR.parent.parent,
                          capture_output=True, text=True, check=True).stdout
-    name = f"_pipeline_{rev.replace('~', '_').replace('^', '_')}"
-    path = Path(data.__file__).with_name(name + ".py")
-    path.write_text(src)
+    name = f"wgan_dist.data._pipeline_{rev.replace('~', '_').replace('^', '_')}"
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(src)
     try:
-        return importlib.import_module(f"wgan_dist.data.{name}")
+        spec = importlib.util.spec_from_file_location(name, f.name)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # picklable stages for the loader workers
+        spec.loader.exec_module(module)
+        return module
     finally:
-        path.unlink()
+        Path(f.name).unlink()
 
 
 def bench_against(rev: str, per_class: int, resolutions: list[int], workers: list[int],
