@@ -8,8 +8,9 @@ thread. "Before" is commit 5d20df8, the last one before the reorganisation.
 
 The bits of a CPU run depend on the instruction set the kernels were built for (oneDNN picks
 its convolution code by ISA), so the hashes are recorded per torch CPU capability, each from
-5d20df8 itself on such a machine (torch 2.14.1): AVX512 on 2026-12-03, AVX2 (AMD EPYC) on
-2026-12-06. Where the clone holds 5d20df8, the test runs that code beside today's and
+5d20df8 itself on such a machine (torch 2.14.1): AVX512 on 2026-12-03 (D only since
+2026-12-07), AVX2 (AMD EPYC) on 2026-12-07. BatchNorm's running statistics are not hashed
+(RUNNING_STATS, below). Where the clone holds 5d20df8, the test runs that code beside today's and
 compares the two directly, on whatever CPU it is; the recorded hashes are for clones without
 that history, and a machine with neither gets a failure that says how to record its hashes.
 """
@@ -29,37 +30,41 @@ from conftest import REPO
 
 BEFORE = "5d20df8"
 RECORDED = {
+    # Re-recorded without BatchNorm's running statistics on 2026-12-07 (see RUNNING_STATS):
+    # D has none and kept its hashes; G and G_ema could be re-recorded only on this AVX2
+    # machine. An AVX512 clone without 5d20df8 gets a failure that says how to record them.
     "AVX512": {
-        "guard_plain": {
-            "G": "b799bbeda1f87beea91a7f007d671922521a28925c5c1d9c9be1d21378863769",
-            "D": "4af3b89ad32749fbffe1d0ca4885df9d7444027cd192be281fe619705bb807ef",
-            "G_ema": "2f73acf634a0b6828aebca06c0b9426518c7721752b651a9b60dfe9b7c0f0b43",
-        },
-        "guard_cond": {
-            "G": "ff6449f390e542770a5529e422fcd33c9a72da8ffab7fb1b0b3b4f9eccc0ed07",
-            "D": "4e34f8b0111005d53c101c32736c1a8ed7e718815c7f9ad7362f41dea133f8af",
-            "G_ema": "3b6aa27a620fa8880a8dc6186a40bc08446d8a17152ad076588a8ed452d7a3cb",
-        },
+        "guard_plain": {"D": "4af3b89ad32749fbffe1d0ca4885df9d7444027cd192be281fe619705bb807ef"},
+        "guard_cond": {"D": "4e34f8b0111005d53c101c32736c1a8ed7e718815c7f9ad7362f41dea133f8af"},
     },
     "AVX2": {
         "guard_plain": {
-            "G": "d17dc2b499426a57b0beeae3c0789f09ff7260422f5adcfb7623d7a5e8085f47",
+            "G": "e5202c859ab512a827da0adc51fe19a098e095b879ee30800cf45e7ceaddcc35",
             "D": "9d60a119b3478f3ebff91e89bc81e7f3c6a0623201b209dfaa3fc401990c176a",
-            "G_ema": "18fcccdab30281a38b51f78215244702eae12ab7ff6c4fb6f102a3655a3997ac",
+            "G_ema": "cb565a86c0ed954709ceebeeda901839b50564bca5e3cde1fc17d76bc9470835",
         },
         "guard_cond": {
-            "G": "ee5ac2543867cd18dc85c0e474e76f23d58b783c1f650dd33345c61f3b9b9abf",
+            "G": "c5fd2a962169c32b5cf1351258e25f16d3efef484ceafae04e11833f0263351a",
             "D": "85541bfdde7f3f48f620e0727866340fca81886778332abfdec8d4b90c5c3544",
-            "G_ema": "bdc5b03685a0e19915ea2e4abbc82ca7045159091669febc4f44a61f8d0f66f6",
+            "G_ema": "355563c1088e939459dbdfbebbd4b35096ae123ceb8b0c058b7507d123cdb939",
         },
     },
 }
 NAMES = ("guard_cond", "guard_plain")
 
 
+# BatchNorm's running statistics are left out: training never reads them (a train-mode
+# BatchNorm normalises with the batch's own), and on 2026-12-07 they moved on purpose: the
+# penalty visuals beside every sample grid used to run G in train mode and left their batch
+# in G's running statistics (so a resumed run differed from one that sampled at other steps;
+# tests/test_photos.py::test_resume_after_a_run_ends_off_the_sample_schedule). Every
+# parameter and every other buffer is still pinned bit for bit.
+RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
 def weights_sha256(state: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
-    for name in sorted(state):
+    for name in sorted(k for k in state if not k.endswith(RUNNING_STATS)):
         h.update(name.encode())
         h.update(state[name].contiguous().numpy().tobytes())
     return h.hexdigest()
@@ -98,8 +103,8 @@ def expected_hashes(before: Path | None, name: str, tmp: Path) -> dict[str, str]
     if before is not None:
         return run_hashes(before, name, tmp / "before")
     capability = torch.backends.cpu.get_cpu_capability()
-    if capability not in RECORDED:
-        pytest.fail(f"no hashes recorded for CPU capability {capability} and no commit {BEFORE} "
+    if set(RECORDED.get(capability, {}).get(name, {})) != {"G", "D", "G_ema"}:
+        pytest.fail(f"no hashes of {name} recorded for CPU capability {capability} and no commit {BEFORE} "
                     f"in this clone: clone with history, or run {BEFORE}'s code on this machine "
                     f"and record them in RECORDED")
     return RECORDED[capability][name]

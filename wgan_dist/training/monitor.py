@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -85,10 +86,8 @@ class QualityMonitor:
 
         g = ranks.own_generator(self.acc, torch.device("cpu"), self.cfg.train.seed, "diversity", step)
         z = torch.randn(real.shape[0], self.cfg.model.latent_dim, generator=g).to(real.device)
-        buffers = {k: v.clone() for k, v in generator.named_buffers()}
-        fake = generator(z).float()
-        for k, v in generator.named_buffers():
-            v.copy_(buffers[k])
+        with _looking(generator):
+            fake = generator(z).float()
         stats = diversity_stats(fake, real.float(), _Features(critic))
         keep = {k: torch.tensor(float(v)) for k, v in stats.items() if k.endswith("ratio")}
         reduced = ranks.reduce_mean(self.acc, keep)
@@ -105,14 +104,21 @@ class QualityMonitor:
         return reduced
 
     # ------------------------------------------------------------------ with samples
-    def gp_visuals(self, critic: Any, real: torch.Tensor, fake: torch.Tensor, step: int) -> None:
-        """The penalty's histogram and gradient maps (main process only)."""
+    def gp_visuals(self, generator: torch.nn.Module, critic: Any, real: torch.Tensor, z: torch.Tensor,
+                   step: int) -> None:
+        """The penalty's histogram and gradient maps on the last batch (main process only).
+        The generator runs in train mode, as the critic saw it, and leaves its BatchNorm
+        buffers as they were (a look must not change the run: a resumed run would otherwise
+        differ from one that sampled at other steps)."""
         if self.cfg.eval.gp_visuals:
-            ranks.on_main(self.acc, self._gp_visuals, critic, real, fake, step)
+            ranks.on_main(self.acc, self._gp_visuals, generator, critic, real, z, step)
 
-    def _gp_visuals(self, critic: Any, real: torch.Tensor, fake: torch.Tensor, step: int) -> None:
+    def _gp_visuals(self, generator: torch.nn.Module, critic: Any, real: torch.Tensor, z: torch.Tensor,
+                    step: int) -> None:
         from ..metrics import log_gradient_visuals
 
+        with torch.no_grad(), _looking(generator):
+            fake = generator(z)
         out = log_gradient_visuals(self.writer, critic, real, fake, step, tag="GP")
         self.writer.add_scalar("GP/fraction_norm_within_0.1_of_1", out["grad_norm_near1"], step)
 
@@ -188,6 +194,19 @@ class QualityMonitor:
             fid_features="inception" if ev.fid else None,
             inception_weights=ev.inception_weights or None, seed=self.cfg.train.seed,
             progress=self.say)
+
+
+@contextmanager
+def _looking(module: torch.nn.Module):
+    """Run ``module`` for a look: its buffers (BatchNorm running statistics and counts) are
+    put back afterwards, so the look leaves the run as it was."""
+    kept = {k: v.clone() for k, v in module.named_buffers()}
+    try:
+        yield module
+    finally:
+        with torch.no_grad():
+            for k, v in module.named_buffers():
+                v.copy_(kept[k])
 
 
 class _Features(torch.nn.Module):

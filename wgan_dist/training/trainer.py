@@ -320,9 +320,7 @@ class Trainer(Steps, RunState):
                 return last
         if step % cfg.log.sample_every == 0 or done:
             self.sample()
-            with torch.no_grad():
-                fake = self.G.raw(z)
-            self.monitor.gp_visuals(self.D.raw, real, fake, step)
+            self.monitor.gp_visuals(self.G.raw, self.D.raw, real, z, step)
         if step % cfg.log.ckpt_every == 0 or done or self.stopped:
             self.where = "the checkpoint's gather and barrier"
             path = self.save()
