@@ -206,3 +206,52 @@ def test_a_critic_step_stays_in_the_loop_the_backend_the_objective_and_the_nets(
     outside = {m for m in ours if not any(m == r or m.startswith(r + ".") for r in rooms)}
     assert not outside, f"a critic step also runs code in {sorted(outside)}"
     assert "wgan_dist.training.networks" not in ours and "wgan_dist.ranks" not in ours
+
+
+# ------------------------------------------------------------------------------ thread tuner
+def _tune(step_time: dict[int, float], steps: int, **kw) -> tuple[list[int], "ThreadTuner"]:
+    """Feed a ThreadTuner step times that depend only on the count in use; the counts used."""
+    from wgan_dist.training.threads import ThreadTuner
+
+    before = torch.get_num_threads()
+    try:
+        tuner, used = ThreadTuner(2, True, **kw), []
+        for _ in range(steps):
+            used.append(tuner.current)
+            tuner.observe(step_time[tuner.current])
+        return used, tuner
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_thread_tuner_keeps_all_threads_on_a_quiet_machine():
+    used, tuner = _tune({1: 0.2, 2: 0.1}, 40)
+    assert used[:8] == [1] * 8 and used[8:16] == [2] * 8  # both measured over a full window
+    assert set(used[16:]) == {2} and tuner.reference == 0.1
+
+
+def test_thread_tuner_drops_all_threads_after_one_step_beside_a_busy_process():
+    # Two threads ~2.5x slower than one (OpenMP waits for a descheduled thread): one step of
+    # them is enough; a 30-step run spends 1 step, not 8, on the losing count.
+    used, tuner = _tune({1: 0.2, 2: 0.5}, 30)
+    assert used.count(2) == 1 and used[:8] == [1] * 8 and set(used[9:]) == {1}
+    assert tuner.reference == 0.2
+
+
+def test_thread_tuner_looks_again_when_steps_slow_down():
+    from wgan_dist.training.threads import ThreadTuner
+
+    before = torch.get_num_threads()
+    try:
+        tuner = ThreadTuner(2, True, reprobe=10_000)
+        for _ in range(16):
+            tuner.observe({1: 0.2, 2: 0.1}[tuner.current])
+        assert tuner.current == 2
+        for _ in range(6):  # another process arrives: two threads now 0.5 s a step
+            tuner.observe(0.5)
+        assert tuner.current == 1 and tuner.queue == [1]  # trying one thread against them
+        for _ in range(8):
+            tuner.observe(0.2)
+        assert tuner.current == 1 and tuner.queue == []
+    finally:
+        torch.set_num_threads(before)

@@ -6,7 +6,7 @@ machine (benchmarks/bench_threads.py), two threads give ~2x the images/s of one 
 machine is quiet, and a third or less of it when another process takes a core (OpenMP's
 barriers wait for a thread the OS has descheduled: 32 against 110 img/s). No count chosen at
 start-up is right in both cases, so ``ThreadTuner`` times the generator steps (host clock:
-on a CPU the device is the host) with the most threads the process may use and with one,
+on a CPU the device is the host) with one thread and with the most the process may use,
 keeps the faster, and looks again every ``reprobe`` steps, or at once when its steps get
 slower by half. Fixed counts (``train.threads`` or $OMP_NUM_THREADS) are never changed: a run
 that must be bitwise repeatable sets one (a different thread count may sum in another order).
@@ -46,19 +46,24 @@ def choose_threads(requested: int, loader_workers: int) -> tuple[int, str]:
 class ThreadTuner:
     """Keeps the faster of ``most`` threads and one, measured on the run's own steps.
 
-    At the start each count runs ``settle`` + ``window`` steps (the first ``settle`` not
-    counted: a new pool warms up) and the lower median step time wins. Then, every
-    ``reprobe`` steps -- or at once when the last ``window`` steps are half as slow again as
-    the winner's own median -- the other count is tried the same way against the winner's
-    latest ``window`` steps. Off (``active`` False) when there is nothing to choose."""
+    At the start one thread runs ``settle`` + ``window`` steps (the first ``settle`` not
+    counted: the run's first steps and a new pool warm up), then ``most`` threads the same
+    way; the lower median step time wins. A count under trial that is ``give_up`` times
+    slower than the other on any one step, warm-up included, is dropped at once (beside a
+    busy process all threads are ~2.5x slower than one, and a full window of them cost a
+    30-step run a fifth of its time). Then, every ``reprobe`` steps -- or at once when the
+    last ``window`` steps are half as slow again as the winner's own median -- the other
+    count is tried the same way against the winner's latest ``window`` steps. Off
+    (``active`` False) when there is nothing to choose."""
 
     def __init__(self, most: int, active: bool, window: int = 6, settle: int = 2,
-                 reprobe: int = 400) -> None:
+                 reprobe: int = 400, give_up: float = 2.0) -> None:
         self.active = active and most > 1
         self.most, self.window, self.settle, self.reprobe = most, window, settle, reprobe
+        self.give_up = give_up
         self.samples: list[float] = []
         self.results: dict[int, float] = {}
-        self.queue = [most, 1] if self.active else []
+        self.queue = [1, most] if self.active else []
         self.reference = 0.0  # the chosen count's median step time
         self.since = 0
         self.current = torch.get_num_threads()
@@ -75,15 +80,14 @@ class ThreadTuner:
             return
         self.samples.append(seconds)
         if self.queue:  # probing self.current
-            if len(self.samples) >= self.settle + self.window:
-                self.results[self.current] = statistics.median(self.samples[self.settle:])
-                self.queue.pop(0)
-                if self.queue:
-                    self._start(self.queue[0])
-                else:
-                    best = min(self.results, key=self.results.get)
-                    self.reference, self.since = self.results[best], 0
-                    self._start(best)
+            counted = self.samples[self.settle:]
+            rival = min(self.results.values(), default=0.0)
+            if rival and seconds > self.give_up * rival:  # hopeless (even warming up): no window
+                self.results[self.current] = seconds
+                self._next()
+            elif len(counted) >= self.window:
+                self.results[self.current] = statistics.median(counted)
+                self._next()
             return
         self.since += 1
         recent = self.samples[-self.window:]
@@ -93,5 +97,15 @@ class ThreadTuner:
                 self.results = {self.current: statistics.median(recent)}
                 self.queue = [1 if self.current == self.most else self.most]
             else:
-                self.results, self.queue = {}, [self.most, 1]
+                self.results, self.queue = {}, [1, self.most]
             self._start(self.queue[0])
+
+    def _next(self) -> None:
+        """The probe of self.current is done: the next count in the queue, or the winner."""
+        self.queue.pop(0)
+        if self.queue:
+            self._start(self.queue[0])
+        else:
+            best = min(self.results, key=self.results.get)
+            self.reference, self.since = self.results[best], 0
+            self._start(best)
