@@ -67,6 +67,17 @@ def test_the_batch_at_position_k_is_a_function_of_k(builtin_shards):
     assert 0.35 < sum(flipped) / len(flipped) < 0.65
 
 
+@pytest.mark.parametrize("shape", [(5, 3, 128, 128), (5, 1, 28, 28), (4, 3, 30, 30), (4, 3, 7, 9)])
+def test_flips_on_the_host_mirror_exactly_the_images_drawn(shape):
+    # Whole-word reversal + byte swap for widths divisible by 8, 4 or 2; bytes otherwise.
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
+    coin = torch.tensor([True, False, True, True, False][:shape[0]])
+    want = torch.where(coin[:, None, None, None], images.flip(-1), images)
+    cache.flip_on_host(images, coin)
+    assert torch.equal(images, want)
+
+
 def test_labels_travel_with_their_images(builtin_shards):
     """Against the stream's own reading of the same shards: every (image, label) pair the cache
     gives is one the shards hold."""
