@@ -49,15 +49,17 @@ class ThreadTuner:
     At the start one thread runs ``settle`` + ``window`` steps (the first ``settle`` not
     counted: the run's first steps and a new pool warm up), then ``most`` threads the same
     way; the lower median step time wins. A count under trial that is ``give_up`` times
-    slower than the other on any one step, warm-up included, is dropped at once (beside a
-    busy process all threads are ~2.5x slower than one, and a full window of them cost a
-    30-step run a fifth of its time). Then, every ``reprobe`` steps -- or at once when the
+    slower than the other on any one step, warm-up included, is dropped at once (on the
+    2-core machine one thread is ~1.6x slower than two when it is quiet, and two ~3x slower
+    than one beside a busy process: a full window of the loser cost a 30-step run a fifth of
+    its time). The windows are short for the same reason: on a quiet machine the first
+    probe, at one thread, is itself the loser. Then, every ``reprobe`` steps -- or at once when the
     last ``window`` steps are half as slow again as the winner's own median -- the other
     count is tried the same way against the winner's latest ``window`` steps. Off
     (``active`` False) when there is nothing to choose."""
 
-    def __init__(self, most: int, active: bool, window: int = 6, settle: int = 2,
-                 reprobe: int = 400, give_up: float = 2.0) -> None:
+    def __init__(self, most: int, active: bool, window: int = 4, settle: int = 1,
+                 reprobe: int = 400, give_up: float = 1.5) -> None:
         self.active = active and most > 1
         self.most, self.window, self.settle, self.reprobe = most, window, settle, reprobe
         self.give_up = give_up
