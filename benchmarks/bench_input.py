@@ -3,6 +3,7 @@ cores per GPU each path needs.
 
     python benchmarks/bench_input.py           # 2,000 AFHQ cats, 64 and 128 px; ~15 min
     python benchmarks/bench_input.py --quick   # 1,000 cats, 2 rounds; ~6 min
+    python benchmarks/bench_input.py --quick --stages   # where a streamed raw image goes; ~1 min
 
 The cat faces of ../shared/data/afhq_cat are written as shard sets in jpeg (quality 95), png
 and raw uint8 at 64 and 128 px. For each, interleaved rounds measure images/s (wall) and CPU
@@ -39,7 +40,7 @@ from _common import OUT_DIR, REPO, cpu_seconds, interleave, machine, median, wri
 
 import torch  # noqa: E402
 
-from bench_loader import bound_rate, loader_rate, pipeline_rate  # noqa: E402
+from bench_loader import bound_rate, loader_rate, pipeline_rate, stage_costs  # noqa: E402
 from wgan_dist.data import cache  # noqa: E402
 from wgan_dist.data.format import iter_samples  # noqa: E402
 from wgan_dist.data.shardset import resolve_shards  # noqa: E402
@@ -168,11 +169,23 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="1,000 cats, 2 rounds")
     p.add_argument("--resolutions", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--stages", action="store_true", help="only where a streamed raw image's CPU "
+                   "goes: the pipeline's stages added one at a time, in this process")
     a = p.parse_args()
     if not CATS.is_dir():
         raise SystemExit(f"bench_input: {CATS} is missing (see ../shared/data)")
     torch.set_num_threads(1)
     n, repeats, seconds = (1000, 2, 1.0) if a.quick else (2000, 3, 2.0)
+    if a.stages:
+        stages = {}
+        for res in a.resolutions:
+            urls = resolve_shards(str(shard_set(res, "raw", n)), res, 3).urls
+            stages[res] = stage_costs(urls, res, 3 * n, repeats)
+            print(f"\n{res} px raw, CPU-us per image, each row adds a stage (one process):")
+            for k, v in stages[res].items():
+                print(f"  {k:<40} {v:7.1f}")
+        write_result("bench_input_stages", {"machine": machine(), "images": n, "stages": stages})
+        return
     rows = []
     for res in a.resolutions:
         rows += bench(res, n, repeats, seconds)

@@ -375,6 +375,25 @@ def test_collapse_alarm_trips_for_collapsed_not_healthy():
     assert healthy.message is None
 
 
+def test_diversity_within_a_class_sees_one_image_per_class():
+    # A conditional generator that makes one image per class: its classes differ, so pooled
+    # over classes its spread looks healthy; within a class it is collapsed.
+    labels = torch.arange(128) % K_TOY
+    real = toy_squares(labels, seed=0)
+    one_each = torch.stack([real[labels == k][0] for k in range(K_TOY)])[labels]
+    fake = one_each + 0.01 * torch.randn(one_each.shape, generator=torch.Generator().manual_seed(2))
+    pooled = metrics.diversity_stats(fake, real)
+    within = metrics.diversity_stats(fake, real, fake_labels=labels, real_labels=labels)
+    assert pooled["ratio"] > 0.5 and pooled["within"] == 0.0
+    assert within["ratio"] < 0.1 and within["within"] == 1.0
+    healthy = metrics.diversity_stats(real[64:], real[:64], fake_labels=labels[64:], real_labels=labels[:64])
+    assert 0.8 < healthy["ratio"] < 1.25
+    # A batch with no two reals of a class falls back to all pairs (and says so).
+    few = metrics.diversity_stats(fake[:K_TOY], real[:K_TOY], fake_labels=labels[:K_TOY],
+                                  real_labels=labels[:K_TOY])
+    assert few["within"] == 0.0
+
+
 def test_collapse_alarm_from_class_coverage():
     alarm = metrics.CollapseAlarm(patience=2, min_covered_frac=0.5)
     good_div = {"div_ratio": 0.9}

@@ -96,6 +96,22 @@ def test_collapse_alarm_trips_for_a_collapsed_generator(builtin_shards, tmp_path
     assert "WARNING step 2: mode collapse suspected" in capsys.readouterr().out
 
 
+def test_collapse_alarm_sees_a_conditional_generator_that_makes_one_image_per_class(
+        builtin_shards, tmp_path, capsys):
+    # Its output ignores z but not the label: its classes differ, so over a mixed batch it
+    # looks diverse; within a class it is collapsed, and that is what the alarm measures.
+    reset_accelerator_state()
+    trainer = Trainer(load_config(None, tiny_overrides(builtin_shards, tmp_path / "c", **{
+        "model.conditional": True, "optim.lr_g": 0.0, "train.steps": 4, "log.tick_every": 1})))
+    with torch.no_grad():
+        trainer.G.raw.fc.weight[:, :trainer.cfg.model.latent_dim] = 0.0
+    stats = trainer.train()
+    trainer.close()
+    assert stats["ratio"] < 0.05
+    assert trainer.monitor.alarms and "mode collapse suspected" in trainer.monitor.alarms[0]
+    assert "WARNING step 2: mode collapse suspected" in capsys.readouterr().out
+
+
 def test_no_alarm_for_a_healthy_run(builtin_shards, tmp_path):
     trainer = run_trainer(tiny_overrides(builtin_shards, tmp_path / "h", **{"log.tick_every": 1}))
     assert trainer.monitor.alarms == []

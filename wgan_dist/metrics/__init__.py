@@ -86,7 +86,7 @@ def evaluate_samples(
     ``swd_L0..swd_Lk, swd_avg`` (x1e3, ``L0`` = finest level); ``cls_acc`` (needs
     ``fake_labels``), ``cls_covered, cls_real_classes, cls_covered_frac, cls_rkl, cls_fid``
     (need ``classifier``); ``div_ratio, div_pixel_ratio`` (+ ``div_feat_ratio`` with
-    ``diversity_features``). Deterministic for fixed inputs and ``seed`` (the caller's RNG
+    ``diversity_features``; within a class given both label sets). Deterministic for fixed inputs and ``seed`` (the caller's RNG
     state is not consumed).
     """
     fake, real = fake.detach(), real.detach()
@@ -98,6 +98,6 @@ def evaluate_samples(
         out.update({f"swd_{k}": v for k, v in sliced_wasserstein(real, fake, seed=seed).items()})
     if classifier is not None:
         out.update(_classifier_metrics(classifier, fake, real, fake_labels, real_labels))
-    div = diversity_stats(fake, real, diversity_features)
+    div = diversity_stats(fake, real, diversity_features, fake_labels=fake_labels, real_labels=real_labels)
     out.update({f"div_{k}": v for k, v in div.items() if k.endswith("ratio")})
     return out

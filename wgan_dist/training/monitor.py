@@ -75,8 +75,10 @@ class QualityMonitor:
     # ------------------------------------------------------------------ per tick
     @torch.no_grad()
     def check_diversity(self, generator: torch.nn.Module, critic: Any, real: torch.Tensor,
-                        step: int) -> dict[str, float]:
-        """Diversity of the *training* generator on fresh noise vs the last real batch.
+                        step: int, labels: torch.Tensor | None = None) -> dict[str, float]:
+        """Diversity of the *training* generator on fresh noise vs the last real batch; for a
+        conditional model, fakes drawn for that batch's ``labels`` and pairs taken within a
+        class (a generator that makes one image per class is collapsed, whatever its classes).
 
         The generator runs in train mode, as the critic sees it (in eval mode an early
         generator's BatchNorm running statistics make every output alike); its BatchNorm
@@ -87,8 +89,8 @@ class QualityMonitor:
         g = ranks.own_generator(self.acc, torch.device("cpu"), self.cfg.train.seed, "diversity", step)
         z = torch.randn(real.shape[0], self.cfg.model.latent_dim, generator=g).to(real.device)
         with _looking(generator):
-            fake = generator(z).float()
-        stats = diversity_stats(fake, real.float(), _Features(critic))
+            fake = (generator(z) if labels is None else generator(z, labels)).float()
+        stats = diversity_stats(fake, real.float(), _Features(critic), fake_labels=labels, real_labels=labels)
         keep = {k: torch.tensor(float(v)) for k, v in stats.items() if k.endswith("ratio")}
         reduced = ranks.reduce_mean(self.acc, keep)
         for k, v in reduced.items():

@@ -296,14 +296,15 @@ class Trainer(Steps, RunState):
                 # A stop every rank agrees on, decided one step after the signal (no wait).
                 self.stopped = self.vote.step(self.signals.requested)
             self.tuner.observe(time.perf_counter() - t0)
-            last = self._after_step(real, g_draws["z"], last)
+            last = self._after_step(real, y_real, g_draws["z"], last)
             if self.stopped or self.rolled_back:
                 break
             inst.step_done()
         self.vote.close()  # every rank finishes the vote in flight
         return last
 
-    def _after_step(self, real: torch.Tensor, z: torch.Tensor, last: dict) -> dict[str, float]:
+    def _after_step(self, real: torch.Tensor, y_real: torch.Tensor | None, z: torch.Tensor,
+                    last: dict) -> dict[str, float]:
         """The schedule after a step: tick (and the divergence guard), samples, checkpoint,
         evaluation. The checkpoint comes before the evaluation, which may fail (a resumed run
         then evaluates instead of replaying the end)."""
@@ -313,7 +314,7 @@ class Trainer(Steps, RunState):
         if step % cfg.log.tick_every == 0 or done:
             self.where = "the tick's statistics all-reduce"
             last = self.logbook.tick(step, self.nimg, self._lrs(), self.device)
-            last.update(self.monitor.check_diversity(self.G.raw, self.D.raw, real, step))
+            last.update(self.monitor.check_diversity(self.G.raw, self.D.raw, real, step, y_real))
             verdict = self.guard.observe(last, (step - 1) % cfg.log.tick_every + 1, self.monitor.firing)
             if verdict:
                 self._rollback(verdict)
