@@ -201,8 +201,7 @@ class TarBytes:
     def __init__(self, path: str, whole: bool) -> None:
         self.url, self.buf = path, None
         self.fd = os.open(path, os.O_RDONLY)
-        size = os.fstat(self.fd).st_size
-        if whole and size <= WHOLE_FILE_BYTES:
+        if whole and (size := os.fstat(self.fd).st_size) <= WHOLE_FILE_BYTES:
             # Exactly the file's size: a larger request (it was WHOLE_FILE_BYTES + 1) makes a
             # buffer that big, always fresh pages from the kernel (above malloc's mmap
             # threshold), and faulting them in cost 3x the read (43 against 11 us a 128 px

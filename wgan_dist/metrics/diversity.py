@@ -8,7 +8,8 @@ and costs one ``cdist`` on a few hundred samples.
 For a conditional model the pairs are taken within a class (fakes drawn for the real batch's
 labels): a generator that makes one image per class has distinct classes and a pooled ratio
 near 1, and only the within-class ratio shows its collapse (measured on real hand photos,
-2026-12-07: ten classes of near-identical samples, pooled ratio 0.69).
+2026-12-07: ten classes of near-identical samples, pooled pixel ratio 0.87-0.97, within a
+class 0.18-0.29).
 """
 from __future__ import annotations
 
@@ -51,11 +52,11 @@ def diversity_stats(
     ``ratio`` is the smaller of the available ratios: a collapse in either view counts.
     """
     fake, real = fake[:max_samples], real[:max_samples]
-    within = fake_labels is not None and real_labels is not None
-    if within:
-        fy, ry = fake_labels[:max_samples], real_labels[:max_samples]
-        within = bool((ry[:, None] == ry[None, :]).sum() > len(ry)) and \
-            bool((fy[:, None] == fy[None, :]).sum() > len(fy))
+
+    def has_pairs(y: Tensor | None) -> bool:  # two samples share a label
+        return y is not None and len(y[:max_samples].unique()) < len(y[:max_samples])
+
+    within = has_pairs(fake_labels) and has_pairs(real_labels)
     fy, ry = (fake_labels, real_labels) if within else (None, None)
 
     def spread(x: Tensor, y: Tensor | None) -> float:
